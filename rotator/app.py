@@ -1,0 +1,252 @@
+"""The composition root: builds the AWS boundary, the clock, the event bus and the metrics.
+
+Nothing below this module reads the environment or the clock on its own.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry
+
+from rotator.aws import Aws, Boundary, RateLimiter, now_utc, session_from_environment
+from rotator.config import Settings, policy_for_user
+from rotator.errors import AwsError, RotatorError, UserError
+from rotator.events import ActionFailed, ActionSkipped, EventBus, SweepFinished, SweepStarted
+from rotator.executor import Budget, Executor, UserOutcome, run_users
+from rotator.inventory import Inventory
+from rotator.logs import log_subscriber
+from rotator.metrics import InventorySnapshot, Metrics
+from rotator.model import Action, Step, UserPlan, UserState
+from rotator.policy import decide, repairs_needed
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    aws: Aws
+    inventory: Inventory
+
+
+@dataclass
+class AccountView:
+    """One account's inventory and plan at one moment."""
+
+    account: str
+    states: list[UserState]
+    plans: list[UserPlan]
+
+
+@dataclass
+class SweepReport:
+    sweep_id: str
+    dry_run: bool
+    views: list[AccountView] = field(default_factory=list)
+    outcomes: list[UserOutcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    duration_seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(len(o.failed) for o in self.outcomes) + len(self.errors)
+
+    def count(self, action: Action) -> int:
+        return sum(1 for o in self.outcomes for s in o.done if s.action is action)
+
+    @property
+    def result(self) -> str:
+        return "failure" if self.failed else "success"
+
+
+class App:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Clock = now_utc,
+        bus: EventBus | None = None,
+        aws: Aws | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        log: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.bus = bus or EventBus()
+        self.bus.subscribe(self.metrics)
+        if log:
+            self.bus.subscribe(log_subscriber)
+        self.clock = clock
+        self.sleep = sleep
+        self._aws = aws
+        self._accounts: list[Account] | None = None
+
+    # -- wiring ----------------------------------------------------------------------------------
+
+    def base_aws(self) -> Aws:
+        if self._aws is None:
+            limiter = RateLimiter(self.settings.aws.max_calls_per_second)
+            boundary = Boundary(
+                session_from_environment(),
+                self.bus.emit,
+                max_attempts=self.settings.aws.max_attempts,
+                limiter=limiter,
+            )
+            self._aws = Aws(boundary, sleep=self.sleep)
+        return self._aws
+
+    def accounts(self) -> list[Account]:
+        if self._accounts is None:
+            base = self.base_aws()
+            accounts: list[Account] = []
+            if not self.settings.accounts:
+                account_id = base.account_id()
+                base.boundary.account = account_id
+                accounts.append(Account(account_id, base, Inventory(base, self.settings, account_id)))
+            for role_arn in self.settings.accounts:
+                aws = base.assume(role_arn)
+                account_id = role_arn.split(":")[4]
+                accounts.append(Account(account_id, aws, Inventory(aws, self.settings, account_id)))
+            self._accounts = accounts
+        return self._accounts
+
+    def executor(self, account: Account, sweep_id: str | None = None) -> Executor:
+        return Executor(account.aws, account.inventory, self.settings, self.bus.emit, self.clock, sleep=self.sleep, sweep_id=sweep_id)
+
+    # -- read-only ------------------------------------------------------------------------------
+
+    def view(self, account: Account) -> AccountView:
+        states = account.inventory.gather()
+        now = self.clock()
+        plans = [self.decide(state, now) for state in states]
+        self.bus.emit(InventorySnapshot(account=account.account_id, states=states, plans=plans))
+        return AccountView(account.account_id, states, plans)
+
+    def decide(self, state: UserState, now: datetime) -> UserPlan:
+        try:
+            policy = policy_for_user(self.settings, state.tags, state.user)
+        except UserError as exc:
+            reason = str(exc).removeprefix(f"{state.user}: ")
+            return UserPlan(state.account, state.user, (Step(state.account, state.user, Action.SKIP, None, reason),))
+        return decide(state, policy, now)
+
+    def plan(self) -> list[AccountView]:
+        return [self.view(account) for account in self.accounts()]
+
+    # -- sweeping -------------------------------------------------------------------------------
+
+    def sweep(self, *, dry_run: bool | None = None) -> SweepReport:
+        dry = self.settings.safety.dry_run if dry_run is None else dry_run
+        report = SweepReport(sweep_id=uuid.uuid4().hex[:12], dry_run=dry)
+        started = time.monotonic()
+        self.bus.emit(SweepStarted(sweep_id=report.sweep_id, dry_run=dry))
+        budget = Budget(self.settings.safety.max_actions_per_sweep)
+        try:
+            for account in self.accounts():
+                self._sweep_account(account, report, budget, dry)
+        except AwsError as exc:
+            report.errors.append(str(exc))
+        report.duration_seconds = time.monotonic() - started
+        self._finish(report)
+        return report
+
+    def _sweep_account(self, account: Account, report: SweepReport, budget: Budget, dry: bool) -> None:
+        view = self.view(account)
+        report.views.append(view)
+        if dry:
+            return
+        to_run: list[str] = []
+        for state, plan in zip(view.states, view.plans, strict=True):
+            wants_action = any(s.mutating or s.action is Action.HOLD for s in plan.steps)
+            policy_ok = not any(s.action is Action.SKIP and s.key_id is None for s in plan.steps)
+            if wants_action or (policy_ok and self._needs_repair(state)):
+                to_run.append(state.user)
+            else:
+                for step in plan.steps:
+                    self.bus.emit(
+                        ActionSkipped(
+                            account=step.account,
+                            user=step.user,
+                            key_id=step.key_id,
+                            sweep_id=report.sweep_id,
+                            action=step.action,
+                            reason=step.reason,
+                        )
+                    )
+                report.outcomes.append(UserOutcome(user=state.user, account=account.account_id, skipped=list(plan.steps)))
+
+        def make() -> Executor:
+            return self.executor(account, report.sweep_id)
+
+        outcomes = run_users(make, to_run, budget)
+        report.outcomes.extend(outcomes)
+        if any(o.done for o in outcomes):
+            try:
+                self.view(account)  # refresh gauges after changes (cheap in steady state)
+            except AwsError as exc:
+                report.errors.append(str(exc))
+
+    def _needs_repair(self, state: UserState) -> bool:
+        try:
+            policy = policy_for_user(self.settings, state.tags, state.user)
+        except UserError:
+            return False
+        needed = repairs_needed(state, policy)
+        return needed.published_key is not None or needed.disabled_key is not None
+
+    def _finish(self, report: SweepReport) -> None:
+        for error in report.errors:
+            self.bus.emit(ActionFailed(account="", user="", sweep_id=report.sweep_id, error=error, error_type="AwsError"))
+        self.bus.emit(
+            SweepFinished(
+                sweep_id=report.sweep_id,
+                result=report.result,
+                dry_run=report.dry_run,
+                duration_seconds=round(report.duration_seconds, 3),
+                users=sum(len(v.states) for v in report.views),
+                rotated=report.count(Action.ROTATE),
+                disabled=report.count(Action.DISABLE),
+                deleted=report.count(Action.DELETE),
+                cleaned=report.count(Action.CLEANUP),
+                held=sum(len(o.held) for o in report.outcomes),
+                skipped=sum(len(o.skipped) for o in report.outcomes),
+                deferred=sum(len(o.deferred) for o in report.outcomes),
+                failed=report.failed,
+            )
+        )
+        if report.result == "success":
+            self.metrics.sweep_succeeded(self.clock())
+
+    # -- forced rotation ---------------------------------------------------------------------
+
+    def rotate(self, users: list[str], *, revoke: bool) -> list[tuple[str, UserOutcome | None, str | None]]:
+        """Rotate ``users`` now. Returns (user, outcome, error) per user; other users still proceed."""
+        results: list[tuple[str, UserOutcome | None, str | None]] = []
+        sweep_id = "rotate-" + uuid.uuid4().hex[:8]
+        accounts = self.accounts()
+        for user in users:
+            errors: list[str] = []
+            outcome: UserOutcome | None = None
+            for account in accounts:
+                try:
+                    outcome = self.executor(account, sweep_id).rotate_forced(user, revoke=revoke)
+                    break
+                except UserError as exc:
+                    errors.append(str(exc))
+                except RotatorError as exc:
+                    errors.append(f"{user}: {exc}")
+                    break
+            if outcome is not None and not outcome.failed:
+                results.append((user, outcome, None))
+            elif outcome is not None:
+                results.append((user, outcome, "; ".join(msg for _step, msg in outcome.failed)))
+            else:
+                results.append((user, None, errors[0] if errors else f"{user}: not found"))
+        return results

@@ -1,0 +1,560 @@
+"""The AWS boundary: the only module that imports boto3/botocore.
+
+Every call goes through :meth:`Boundary.call` (or :meth:`Boundary.pages`), which
+
+* waits for the client-side rate limit (``aws.max_calls_per_second``),
+* lets botocore retry throttling with its ``standard`` mode up to ``aws.max_attempts``,
+* emits an :class:`~rotator.events.AwsCall` event per logical call (``ok``/``error``) and per
+  throttled attempt (``throttled``) - ``rotator_aws_api_calls_total`` subscribes to these,
+* translates every botocore error into the :mod:`rotator.errors` tree (``raise ... from exc``).
+
+A paginated listing either returns every page or raises: a throttled or partial listing is never
+read as "no keys".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from rotator import __version__
+from rotator.errors import (
+    AccessDeniedError,
+    AwsError,
+    ConflictError,
+    LimitExceededError,
+    NotFoundError,
+    ThrottledError,
+    UnreachableError,
+)
+from rotator.events import AwsCall, Event
+from rotator.model import AccessKey, KeyStatus
+
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "SlowDown",
+    }
+)
+_ERRORS: dict[str, type[AwsError]] = {
+    "AccessDenied": AccessDeniedError,
+    "AccessDeniedException": AccessDeniedError,
+    "UnauthorizedOperation": AccessDeniedError,
+    "NoSuchEntity": NotFoundError,
+    "ResourceNotFoundException": NotFoundError,
+    "LimitExceeded": LimitExceededError,
+    "LimitExceededException": LimitExceededError,
+    "ResourceExistsException": ConflictError,
+    "EntityAlreadyExists": ConflictError,
+    "ConcurrentModification": ConflictError,
+    "ConcurrentModificationException": ConflictError,
+}
+
+
+class SecretText:
+    """A secret string that will not print itself (I7): repr/str show a mask."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "SecretText('****')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class NewKey:
+    key_id: str
+    secret_access_key: SecretText
+    created: datetime
+
+
+@dataclass(frozen=True)
+class UserDetail:
+    name: str
+    path: str
+    arn: str
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ReportKey:
+    """One access-key slot of a credential report row (the report has no key ids)."""
+
+    active: bool
+    created: datetime
+    last_used: datetime | None
+
+
+@dataclass(frozen=True)
+class SecretSummary:
+    name: str
+    arn: str
+    tags: Mapping[str, str]
+    versions: Mapping[str, tuple[str, ...]]
+
+
+class RateLimiter:
+    """A token bucket shared by every thread of the process."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / per_second
+        self._clock = clock
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        delay = start - now
+        if delay > 0:
+            time.sleep(delay)
+
+
+class Boundary:
+    """Counts, rate-limits and translates every AWS call of one account."""
+
+    def __init__(
+        self,
+        session: boto3.session.Session,
+        emit: Callable[[Event], None],
+        *,
+        max_attempts: int = 8,
+        limiter: RateLimiter | None = None,
+        account: str | None = None,
+    ) -> None:
+        self.session = session
+        self.emit = emit
+        self.max_attempts = max_attempts
+        self.limiter = limiter or RateLimiter(10.0)
+        self.account = account
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def client_config(self) -> botocore.config.Config:
+        return botocore.config.Config(
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=30,
+            user_agent_extra=f"iam-key-rotator/{__version__}",
+        )
+
+    def client(self, service: str) -> Any:
+        with self._lock:
+            if service not in self._clients:
+                self._clients[service] = self._make_client(self.session, service)
+            return self._clients[service]
+
+    def _make_client(self, session: boto3.session.Session, service: str) -> Any:
+        try:
+            client = session.client(service, config=self.client_config())  # type: ignore[call-overload]
+        except botocore.exceptions.NoRegionError as exc:
+            raise UnreachableError(
+                "no AWS region configured (set AWS_REGION or a profile region)", service=service
+            ) from exc
+        client.meta.events.register(
+            f"needs-retry.{client.meta.service_model.endpoint_prefix}", self._on_retry
+        )
+        return client
+
+    def _on_retry(self, response: Any = None, operation: Any = None, **_: Any) -> None:
+        """botocore hook, once per attempt: count attempts that were throttled."""
+        if not response or operation is None:
+            return
+        parsed = response[1] if isinstance(response, tuple) and len(response) > 1 else None
+        code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+        if code in THROTTLING_CODES:
+            self.emit(
+                AwsCall(
+                    service=operation.service_model.service_name,
+                    operation=operation.name,
+                    outcome="throttled",
+                    account=self.account,
+                )
+            )
+
+    def call(self, service: str, operation: str, client: Any = None, **params: Any) -> dict[str, Any]:
+        """One AWS call, counted and translated. ``operation`` is the API name (``ListAccessKeys``)."""
+        method = getattr(client or self.client(service), _snake(operation))
+        self.limiter.wait()
+        try:
+            result: dict[str, Any] = method(**params)
+        except botocore.exceptions.ClientError as exc:
+            self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
+            raise translate(exc, service, operation) from exc
+        except (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectionClosedError,
+            botocore.exceptions.ReadTimeoutError,
+            botocore.exceptions.ConnectTimeoutError,
+        ) as exc:
+            self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
+            raise UnreachableError(
+                f"{service}:{operation}: endpoint unreachable ({type(exc).__name__})",
+                service=service,
+                operation=operation,
+            ) from exc
+        except botocore.exceptions.NoCredentialsError as exc:
+            self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
+            raise UnreachableError(
+                "no AWS credentials found (boto3's standard chain)", service=service, operation=operation
+            ) from exc
+        except botocore.exceptions.NoRegionError as exc:
+            self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
+            raise UnreachableError(
+                "no AWS region configured (set AWS_REGION or a profile region)", service=service, operation=operation
+            ) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
+            raise AwsError(
+                f"{service}:{operation}: {type(exc).__name__}", service=service, operation=operation
+            ) from exc
+        self.emit(AwsCall(service=service, operation=operation, outcome="ok", account=self.account))
+        return result
+
+    def pages(
+        self, service: str, operation: str, token_in: str, token_out: str, **params: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Every page of a listing; any failing page raises (never a silently short listing)."""
+        token: str | None = None
+        while True:
+            page_params = dict(params)
+            if token:
+                page_params[token_in] = token
+            page = self.call(service, operation, **page_params)
+            yield page
+            token = page.get(token_out)
+            truncated = page.get("IsTruncated")
+            if not token or truncated is False:
+                return
+
+
+def translate(exc: botocore.exceptions.ClientError, service: str, operation: str) -> AwsError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", "Unknown"))
+    message = str(error.get("Message", ""))[:300]
+    text = f"{service}:{operation}: {code}: {message}" if message else f"{service}:{operation}: {code}"
+    if code in THROTTLING_CODES:
+        return ThrottledError(text, service=service, operation=operation, code=code)
+    cls = _ERRORS.get(code, AwsError)
+    return cls(text, service=service, operation=operation, code=code)
+
+
+def _snake(operation: str) -> str:
+    out = []
+    for index, char in enumerate(operation):
+        if char.isupper() and index:
+            out.append("_")
+        out.append(char.lower())
+    return "".join(out)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _parse_report_time(raw: str) -> datetime | None:
+    if raw in ("", "N/A", "no_information", "not_supported"):
+        return None
+    return _utc(datetime.fromisoformat(raw.replace("Z", "+00:00")))
+
+
+class Aws:
+    """Typed IAM / Secrets Manager / STS operations of one account, over a :class:`Boundary`."""
+
+    def __init__(
+        self,
+        boundary: Boundary,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        report_timeout: float = 120.0,
+    ) -> None:
+        self.boundary = boundary
+        self.sleep = sleep
+        self.report_timeout = report_timeout
+
+    # -- account -----------------------------------------------------------------------------
+
+    def account_id(self) -> str:
+        return str(self.boundary.call("sts", "GetCallerIdentity")["Account"])
+
+    def assume(self, role_arn: str, session_name: str = "iam-key-rotator") -> Aws:
+        """An :class:`Aws` for another account, through ``sts:AssumeRole``."""
+        creds = self.boundary.call("sts", "AssumeRole", RoleArn=role_arn, RoleSessionName=session_name)[
+            "Credentials"
+        ]
+        session = boto3.session.Session(
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+            region_name=self.boundary.session.region_name,
+        )
+        account = role_arn.split(":")[4]
+        boundary = Boundary(
+            session,
+            self.boundary.emit,
+            max_attempts=self.boundary.max_attempts,
+            limiter=self.boundary.limiter,
+            account=account,
+        )
+        return Aws(boundary, sleep=self.sleep, report_timeout=self.report_timeout)
+
+    # -- IAM reads -----------------------------------------------------------------------------
+
+    def user_details(self) -> list[UserDetail]:
+        """Every IAM user with path and tags, in a few pages (GetAccountAuthorizationDetails)."""
+        users: list[UserDetail] = []
+        for page in self.boundary.pages(
+            "iam", "GetAccountAuthorizationDetails", "Marker", "Marker", Filter=["User"], MaxItems=1000
+        ):
+            for item in page.get("UserDetailList", []):
+                users.append(
+                    UserDetail(
+                        name=item["UserName"],
+                        path=item.get("Path", "/"),
+                        arn=item.get("Arn", ""),
+                        tags={tag["Key"]: tag["Value"] for tag in item.get("Tags", [])},
+                    )
+                )
+        return users
+
+    def user(self, user: str) -> UserDetail:
+        item = self.boundary.call("iam", "GetUser", UserName=user)["User"]
+        return UserDetail(
+            name=item["UserName"],
+            path=item.get("Path", "/"),
+            arn=item.get("Arn", ""),
+            tags={tag["Key"]: tag["Value"] for tag in item.get("Tags", [])},
+        )
+
+    def credential_report(self) -> dict[str, list[ReportKey]]:
+        """Access-key slots of every user from one credential report (no key ids in it)."""
+        deadline = time.monotonic() + self.report_timeout
+        delay = 0.5
+        while True:
+            state = self.boundary.call("iam", "GenerateCredentialReport").get("State")
+            if state == "COMPLETE":
+                break
+            if time.monotonic() > deadline:
+                raise AwsError(
+                    "iam:GenerateCredentialReport: report not ready in time",
+                    service="iam",
+                    operation="GenerateCredentialReport",
+                )
+            self.sleep(delay)
+            delay = min(delay * 2, 8.0)
+        content = self.boundary.call("iam", "GetCredentialReport")["Content"]
+        text = content.decode() if isinstance(content, bytes) else str(content)
+        report: dict[str, list[ReportKey]] = {}
+        for row in csv.DictReader(io.StringIO(text)):
+            slots: list[ReportKey] = []
+            for n in (1, 2):
+                created = _parse_report_time(row.get(f"access_key_{n}_last_rotated", "N/A"))
+                if created is None:
+                    continue
+                slots.append(
+                    ReportKey(
+                        active=row.get(f"access_key_{n}_active") == "true",
+                        created=created,
+                        last_used=_parse_report_time(row.get(f"access_key_{n}_last_used_date", "N/A")),
+                    )
+                )
+            report[row["user"]] = slots
+        return report
+
+    def access_keys(self, user: str) -> list[AccessKey]:
+        keys: list[AccessKey] = []
+        for page in self.boundary.pages("iam", "ListAccessKeys", "Marker", "Marker", UserName=user):
+            for item in page.get("AccessKeyMetadata", []):
+                keys.append(
+                    AccessKey(
+                        key_id=item["AccessKeyId"],
+                        status=KeyStatus(item["Status"]),
+                        created=_utc(item["CreateDate"]),
+                    )
+                )
+        return keys
+
+    def key_last_used(self, key_id: str) -> datetime | None:
+        info = self.boundary.call("iam", "GetAccessKeyLastUsed", AccessKeyId=key_id).get(
+            "AccessKeyLastUsed", {}
+        )
+        used = info.get("LastUsedDate")
+        return _utc(used) if used else None
+
+    # -- IAM writes ----------------------------------------------------------------------------
+
+    def create_access_key(self, user: str) -> NewKey:
+        item = self.boundary.call("iam", "CreateAccessKey", UserName=user)["AccessKey"]
+        return NewKey(
+            key_id=item["AccessKeyId"],
+            secret_access_key=SecretText(item["SecretAccessKey"]),
+            created=_utc(item["CreateDate"]),
+        )
+
+    def set_key_status(self, user: str, key_id: str, status: KeyStatus) -> None:
+        self.boundary.call("iam", "UpdateAccessKey", UserName=user, AccessKeyId=key_id, Status=status.value)
+
+    def delete_access_key(self, user: str, key_id: str) -> None:
+        self.boundary.call("iam", "DeleteAccessKey", UserName=user, AccessKeyId=key_id)
+
+    def tag_user(self, user: str, tags: Mapping[str, str]) -> None:
+        self.boundary.call(
+            "iam", "TagUser", UserName=user, Tags=[{"Key": k, "Value": v} for k, v in tags.items()]
+        )
+
+    def untag_user(self, user: str, keys: list[str]) -> None:
+        self.boundary.call("iam", "UntagUser", UserName=user, TagKeys=keys)
+
+    # -- Secrets Manager -----------------------------------------------------------------------
+
+    def secrets(self, name_prefix: str) -> list[SecretSummary]:
+        params: dict[str, Any] = {"MaxResults": 100}
+        if name_prefix:
+            params["Filters"] = [{"Key": "name", "Values": [name_prefix]}]
+        out: list[SecretSummary] = []
+        for page in self.boundary.pages("secretsmanager", "ListSecrets", "NextToken", "NextToken", **params):
+            for item in page.get("SecretList", []):
+                if name_prefix and not item["Name"].startswith(name_prefix):
+                    continue  # the name filter also matches words inside names
+                out.append(_summary(item, item.get("SecretVersionsToStages", {})))
+        return out
+
+    def describe_secret(self, name: str) -> SecretSummary | None:
+        try:
+            item = self.boundary.call("secretsmanager", "DescribeSecret", SecretId=name)
+        except NotFoundError:
+            return None
+        if item.get("DeletedDate"):
+            raise ConflictError(
+                f"secret {name} is scheduled for deletion; restore or purge it first",
+                service="secretsmanager",
+                operation="DescribeSecret",
+            )
+        return _summary(item, item.get("VersionIdsToStages", {}))
+
+    def secret_value(
+        self, name: str, *, stage: str | None = None, version_id: str | None = None
+    ) -> SecretText:
+        params: dict[str, Any] = {"SecretId": name}
+        if version_id:
+            params["VersionId"] = version_id
+        else:
+            params["VersionStage"] = stage or "AWSCURRENT"
+        item = self.boundary.call("secretsmanager", "GetSecretValue", **params)
+        return SecretText(str(item.get("SecretString", "")))
+
+    def create_secret(
+        self,
+        name: str,
+        value: SecretText,
+        token: str,
+        *,
+        tags: Mapping[str, str],
+        kms_key_id: str | None,
+        replica_regions: list[str],
+        description: str,
+    ) -> str:
+        params: dict[str, Any] = {
+            "Name": name,
+            "SecretString": value.reveal(),
+            "ClientRequestToken": token,
+            "Description": description,
+            "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+        }
+        if kms_key_id:
+            params["KmsKeyId"] = kms_key_id
+        if replica_regions:
+            params["AddReplicaRegions"] = [{"Region": region} for region in replica_regions]
+        return str(self.boundary.call("secretsmanager", "CreateSecret", **params)["ARN"])
+
+    def put_secret_value(self, name: str, value: SecretText, token: str, stages: list[str]) -> None:
+        self.boundary.call(
+            "secretsmanager",
+            "PutSecretValue",
+            SecretId=name,
+            SecretString=value.reveal(),
+            ClientRequestToken=token,
+            VersionStages=stages,
+        )
+
+    def move_stage(
+        self, name: str, stage: str, *, to_version: str | None = None, from_version: str | None = None
+    ) -> None:
+        params: dict[str, Any] = {"SecretId": name, "VersionStage": stage}
+        if to_version:
+            params["MoveToVersionId"] = to_version
+        if from_version:
+            params["RemoveFromVersionId"] = from_version
+        self.boundary.call("secretsmanager", "UpdateSecretVersionStage", **params)
+
+    def tag_secret(self, name: str, tags: Mapping[str, str]) -> None:
+        self.boundary.call(
+            "secretsmanager",
+            "TagResource",
+            SecretId=name,
+            Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+        )
+
+    # -- validation of a new key ---------------------------------------------------------------
+
+    def caller_arn_with(self, key: NewKey) -> str:
+        """``sts:GetCallerIdentity`` signed with ``key`` itself: proves the secret key works."""
+        session = boto3.session.Session(
+            aws_access_key_id=key.key_id,
+            aws_secret_access_key=key.secret_access_key.reveal(),
+            region_name=self.boundary.session.region_name,
+        )
+        client = self.boundary._make_client(session, "sts")
+        return str(self.boundary.call("sts", "GetCallerIdentity", client=client)["Arn"])
+
+
+def _summary(item: Mapping[str, Any], versions: Mapping[str, list[str]]) -> SecretSummary:
+    return SecretSummary(
+        name=item["Name"],
+        arn=item.get("ARN", ""),
+        tags={tag["Key"]: tag["Value"] for tag in item.get("Tags", []) or []},
+        versions={version: tuple(stages) for version, stages in versions.items() if stages},
+    )
+
+
+def session_from_environment() -> boto3.session.Session:
+    """boto3's standard chain: env, profiles, instance/container roles; AWS_ENDPOINT_URL too.
+
+    botocore reads ``AWS_DEFAULT_REGION`` but not ``AWS_REGION`` (which the other SDKs and the
+    container runtimes set), so ``AWS_REGION`` fills the gap when nothing else named a region.
+    """
+    session = boto3.session.Session()
+    if session.region_name is None and os.environ.get("AWS_REGION"):
+        session = boto3.session.Session(region_name=os.environ["AWS_REGION"])
+    return session
+
+
+def now_utc() -> datetime:
+    """The real clock, for the composition root only (the core takes ``now`` as an argument)."""
+    return datetime.now(UTC)

@@ -1,0 +1,270 @@
+"""Command line: commands -> exit codes, in one place.
+
+Exit codes: 0 success; 1 at least one action failed, or AWS unreachable; 2 usage or configuration
+error (one line on stderr naming what is wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, NoReturn, TextIO
+
+import yaml
+
+from rotator import __version__
+from rotator.config import Settings, load_settings
+from rotator.errors import AwsError, ConfigError, RotatorError, UsageError
+from rotator.logs import configure as configure_logs
+from rotator.logs import redact_text
+from rotator.model import Action
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line on stderr, as for configuration errors; `--help` still prints the full usage.
+        self.exit(EXIT_USAGE, f"rotator: error: {message} (see rotator --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="configuration file")
+    common.add_argument("--log-format", choices=["json", "console"], default=argparse.SUPPRESS)
+    common.add_argument("--log-level", metavar="LEVEL", default=argparse.SUPPRESS)
+    parser = _Parser(prog="rotator", description="Keeps AWS IAM access keys young.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"rotator {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.add_parser("run", parents=[common], help="daemon: sweeps on schedule; serves /metrics, /healthz, /readyz")
+    sweep = commands.add_parser("sweep", parents=[common], help="one pass now, then exit")
+    sweep.add_argument("--dry-run", action="store_true", help="report like plan; change nothing")
+    plan = commands.add_parser("plan", parents=[common], help="what a sweep would do now; changes nothing")
+    plan.add_argument("--json", action="store_true")
+    inventory = commands.add_parser("inventory", parents=[common], help="managed users, keys, ages, status, last use")
+    inventory.add_argument("--json", action="store_true")
+    rotate = commands.add_parser("rotate", parents=[common], help="forced rotation now, whatever the age")
+    rotate.add_argument("users", nargs="+", metavar="USER")
+    rotate.add_argument("--revoke", action="store_true", help="disable the previous key as soon as the new one is published")
+    commands.add_parser("check-config", parents=[common], help="validate; print the effective configuration")
+    sandbox = commands.add_parser("sandbox", parents=[common], help="self-contained demo on an embedded AWS emulator")
+    sandbox.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    sandbox.add_argument("--phase", type=float, default=60.0, help="seconds per lifecycle phase (default 60)")
+    sandbox.add_argument("--port", type=int, default=None, help="emulator port (default: a free one)")
+    sandbox.add_argument("--metrics-port", type=int, default=None, help="metrics port (default: a free one)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_usage(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return dispatch(args)
+    except (ConfigError, UsageError) as exc:
+        print(f"rotator: error: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except AwsError as exc:
+        print(f"rotator: AWS error: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    except RotatorError as exc:
+        print(f"rotator: error: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(getattr(args, "config", None))
+    fmt = getattr(args, "log_format", None) or settings.logging.format
+    level = getattr(args, "log_level", None) or settings.logging.level
+    if level.lower() not in ("debug", "info", "warning", "error"):
+        raise UsageError(f"--log-level: unknown level {level!r} (debug, info, warning, error)")
+    configure_logs(fmt, level)
+    return settings
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    command = args.command
+    if command == "check-config":
+        print(yaml.safe_dump(settings.effective(), sort_keys=False), end="")
+        return EXIT_OK
+    if command == "run":
+        from rotator.daemon import run_daemon  # noqa: PLC0415 - APScheduler loads only for `run`
+
+        return run_daemon(settings, config_path=getattr(args, "config", None))
+    if command == "sandbox":
+        from rotator.sandbox import run_sandbox  # noqa: PLC0415 - moto is an optional extra
+
+        return run_sandbox(args)
+    from rotator.app import App  # noqa: PLC0415 - keeps `--version`/`check-config` free of boto3
+
+    app = App(settings)
+    if command == "plan":
+        return _plan(app, as_json=args.json)
+    if command == "inventory":
+        return _inventory(app, as_json=args.json)
+    if command == "sweep":
+        return _sweep(app, dry_run=args.dry_run)
+    if command == "rotate":
+        return _rotate(app, args.users, revoke=args.revoke)
+    raise UsageError(f"unknown command {command!r}")
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def print_table(rows: list[list[str]], header: list[str], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    if not out.isatty():
+        for row in rows:
+            print("\t".join(row), file=out)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.upper().ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(), file=out)
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _plan(app: Any, *, as_json: bool) -> int:
+    views = app.plan()
+    steps = [step for view in views for plan in view.plans for step in plan.steps]
+    if as_json:
+        print(json.dumps([step.to_json() for step in steps], indent=2))
+        return EXIT_OK
+    rows = [[s.user, s.action.value, s.key_id or "-", _when(s.due_at), s.reason] for s in steps]
+    if not rows and sys.stdout.isatty():
+        print("nothing to do")
+        return EXIT_OK
+    print_table(rows, ["user", "action", "key_id", "due_at", "reason"])
+    return EXIT_OK
+
+
+def _inventory(app: Any, *, as_json: bool) -> int:
+    views = app.plan()
+    now = app.clock()
+    records: list[dict[str, Any]] = []
+    for view in views:
+        for state, plan in zip(view.states, view.plans, strict=True):
+            secret = state.secret
+            current = secret.key_in("AWSCURRENT")
+            previous = secret.key_in("AWSPREVIOUS")
+            upcoming = sorted(plan.upcoming, key=lambda u: u.due_at)
+            records.append(
+                {
+                    "account": state.account,
+                    "user": state.user,
+                    "path": state.path,
+                    "secret": {
+                        "name": secret.name,
+                        "exists": secret.exists,
+                        "managed": secret.managed,
+                        "versions": {v: list(s) for v, s in secret.versions.items()},
+                        "version_keys": dict(secret.version_keys),
+                        "error": state.secret_name_error,
+                    },
+                    "keys": [
+                        {
+                            "key_id": key.key_id,
+                            "status": key.status.value,
+                            "created": key.created.isoformat(),
+                            "age_seconds": int((now - key.created).total_seconds()),
+                            "last_used": key.last_used.isoformat() if key.last_used else None,
+                            "role": "current"
+                            if key.key_id == current
+                            else "previous"
+                            if key.key_id == previous
+                            else "other",
+                        }
+                        for key in state.keys
+                    ],
+                    "next_action": (
+                        {"action": upcoming[0].action.value, "due_at": upcoming[0].due_at.isoformat()}
+                        if upcoming
+                        else None
+                    ),
+                    "now": [s.to_json() for s in plan.steps],
+                }
+            )
+    if as_json:
+        print(json.dumps(records, indent=2))
+        return EXIT_OK
+    rows: list[list[str]] = []
+    for record in records:
+        keys = record["keys"] or [{"key_id": "-", "status": "-", "age_seconds": 0, "last_used": None, "role": "-"}]
+        nxt = record["next_action"]
+        for key in keys:
+            rows.append(
+                [
+                    record["user"],
+                    key["key_id"],
+                    key["status"],
+                    key["role"],
+                    _age(key["age_seconds"]) if key["key_id"] != "-" else "-",
+                    key["last_used"] or "-",
+                    "yes" if record["secret"]["exists"] else "no",
+                    f"{nxt['action']} {nxt['due_at']}" if nxt else "-",
+                ]
+            )
+    print_table(rows, ["user", "key_id", "status", "role", "age", "last_used", "secret", "next"])
+    return EXIT_OK
+
+
+def _age(seconds: int) -> str:
+    if seconds >= 86400:
+        return f"{seconds // 86400}d"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h"
+    if seconds >= 60:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def _sweep(app: Any, *, dry_run: bool) -> int:
+    report = app.sweep(dry_run=dry_run)
+    if dry_run or report.dry_run:
+        steps = [step for view in report.views for plan in view.plans for step in plan.steps]
+        rows = [[s.user, s.action.value, s.key_id or "-", _when(s.due_at), s.reason] for s in steps]
+        print_table(rows, ["user", "action", "key_id", "due_at", "reason"])
+    else:
+        done = {a: report.count(a) for a in (Action.ROTATE, Action.DISABLE, Action.DELETE, Action.CLEANUP)}
+        held = sum(len(o.held) for o in report.outcomes)
+        deferred = sum(len(o.deferred) for o in report.outcomes)
+        summary = ", ".join(f"{a.value}d={n}" if a.value.endswith("e") else f"{a.value}={n}" for a, n in done.items())
+        print(f"sweep {report.sweep_id}: {summary}, held={held}, deferred={deferred}, failed={report.failed}")
+        for outcome in report.outcomes:
+            for step, message in outcome.failed:
+                action = step.action.value if step else "user"
+                print(f"FAILED {outcome.user} {action}: {redact_text(message)}", file=sys.stderr)
+    for error in report.errors:
+        print(f"rotator: AWS error: {redact_text(error)}", file=sys.stderr)
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _rotate(app: Any, users: list[str], *, revoke: bool) -> int:
+    status = EXIT_OK
+    for user, outcome, error in app.rotate(users, revoke=revoke):
+        rotated = outcome is not None and any(s.action is Action.ROTATE for s in outcome.done)
+        if error or not rotated:
+            reason = error or "; ".join(s.reason for s in (outcome.skipped if outcome else [])) or "not rotated"
+            print(f"rotator: {user}: not rotated: {redact_text(reason)}", file=sys.stderr)
+            status = EXIT_FAILED
+        else:
+            print(f"{user}: rotated" + (" (previous key disabled)" if revoke else ""))
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

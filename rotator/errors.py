@@ -1,0 +1,80 @@
+"""The one exception tree of iam-key-rotator.
+
+::
+
+    RotatorError                  root; every error the rotator raises on purpose
+    ├── ConfigError               bad configuration (exit 2)
+    ├── UsageError                bad command-line use (exit 2)
+    ├── AwsError                  an AWS call failed (translated at the boundary in ``aws``)
+    │   ├── ThrottledError        still throttled after the retry budget
+    │   ├── AccessDeniedError     the rotator's role may not do this
+    │   ├── NotFoundError         the resource does not exist (user, key, secret)
+    │   ├── LimitExceededError    IAM's 2-keys-per-user limit (or another quota)
+    │   ├── ConflictError         the resource changed under us (concurrent writer)
+    │   └── UnreachableError      endpoint unreachable / no credentials
+    ├── UserError                 a per-user problem that stops that user only
+    └── ValidationTimeoutError    a new key never authenticated within ``aws.validation_timeout``
+
+``botocore.exceptions.ClientError`` never escapes ``rotator.aws``: it is translated there with
+``raise ... from exc``. Exit codes are mapped in one place, ``rotator.cli``.
+"""
+
+from __future__ import annotations
+
+
+class RotatorError(Exception):
+    """Root of every error the rotator raises on purpose."""
+
+
+class ConfigError(RotatorError):
+    """The configuration file or environment is invalid. The message names the key."""
+
+
+class UsageError(RotatorError):
+    """The command line is invalid."""
+
+
+class AwsError(RotatorError):
+    """An AWS call failed. ``service``/``operation``/``code`` say which and why."""
+
+    def __init__(self, message: str, *, service: str = "", operation: str = "", code: str = "") -> None:
+        super().__init__(message)
+        self.service = service
+        self.operation = operation
+        self.code = code
+
+
+class ThrottledError(AwsError):
+    """Still throttled after the retry budget: never read as an empty result."""
+
+
+class AccessDeniedError(AwsError):
+    """The rotator's credentials are not allowed to make this call."""
+
+
+class NotFoundError(AwsError):
+    """The user, key or secret does not exist (any more)."""
+
+
+class LimitExceededError(AwsError):
+    """A quota refused the call, most often IAM's limit of two access keys per user."""
+
+
+class ConflictError(AwsError):
+    """The resource changed concurrently (e.g. a secret version already exists with other content)."""
+
+
+class UnreachableError(AwsError):
+    """The endpoint could not be reached or no credentials were found."""
+
+
+class UserError(RotatorError):
+    """A problem confined to one user (bad tag, foreign secret, invalid secret name)."""
+
+    def __init__(self, user: str, message: str) -> None:
+        super().__init__(f"{user}: {message}")
+        self.user = user
+
+
+class ValidationTimeoutError(RotatorError):
+    """A newly created key did not authenticate within the configured bound."""

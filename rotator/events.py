@@ -1,0 +1,178 @@
+"""Typed events: the core emits them, logs and metrics subscribe.
+
+Each event is a frozen dataclass with a stable dotted ``name``. Secret material is never a field:
+events carry key *ids* only. ``fields()`` is what the log subscriber writes next to ``event``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import ClassVar
+
+from rotator.model import Action
+
+
+@dataclass(frozen=True)
+class Event:
+    name: ClassVar[str] = "event"
+    level: ClassVar[str] = "info"
+
+    def fields(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key, value in asdict(self).items():
+            if value is None:
+                continue
+            if isinstance(value, datetime):
+                out[key] = value.isoformat()
+            elif isinstance(value, Action):
+                out[key] = value.value
+            else:
+                out[key] = value
+        return out
+
+
+@dataclass(frozen=True)
+class UserEvent(Event):
+    account: str
+    user: str
+    key_id: str | None = None
+    sweep_id: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyCreated(UserEvent):
+    """Exactly once per IAM key the rotator creates."""
+
+    name: ClassVar[str] = "rotation.key_created"
+
+
+@dataclass(frozen=True)
+class KeyPublished(UserEvent):
+    name: ClassVar[str] = "rotation.published"
+    previous_key_id: str | None = None
+    secret: str | None = None
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class KeyDisabled(UserEvent):
+    name: ClassVar[str] = "key.disabled"
+    reason: str = ""
+    loud: bool = False
+
+
+@dataclass(frozen=True)
+class KeyHeld(UserEvent):
+    name: ClassVar[str] = "key.held"
+    level: ClassVar[str] = "warning"
+    reason: str = ""
+    last_used: datetime | None = None
+
+
+@dataclass(frozen=True)
+class KeyDeleted(UserEvent):
+    name: ClassVar[str] = "key.deleted"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class OrphanDeleted(UserEvent):
+    name: ClassVar[str] = "key.orphan_deleted"
+    level: ClassVar[str] = "warning"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RecordRepaired(UserEvent):
+    """A timestamp a crash kept from being written was recorded late (see docs/design.md)."""
+
+    name: ClassVar[str] = "state.record_repaired"
+    level: ClassVar[str] = "warning"
+    record: str = ""
+
+
+@dataclass(frozen=True)
+class ActionSkipped(UserEvent):
+    name: ClassVar[str] = "action.skipped"
+    action: Action = Action.SKIP
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ActionFailed(UserEvent):
+    name: ClassVar[str] = "action.failed"
+    level: ClassVar[str] = "error"
+    action: Action = Action.SKIP
+    error: str = ""
+    error_type: str = ""
+
+
+@dataclass(frozen=True)
+class ValidationAttempt(UserEvent):
+    name: ClassVar[str] = "rotation.validation_pending"
+    level: ClassVar[str] = "debug"
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class SweepStarted(Event):
+    name: ClassVar[str] = "sweep.started"
+    sweep_id: str = ""
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class SweepFinished(Event):
+    name: ClassVar[str] = "sweep.finished"
+    sweep_id: str = ""
+    result: str = "success"
+    dry_run: bool = False
+    duration_seconds: float = 0.0
+    users: int = 0
+    rotated: int = 0
+    disabled: int = 0
+    held: int = 0
+    deleted: int = 0
+    cleaned: int = 0
+    skipped: int = 0
+    deferred: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class AwsCall(Event):
+    """One logical AWS call through the boundary (or one throttled attempt inside it)."""
+
+    name: ClassVar[str] = "aws.call"
+    level: ClassVar[str] = "debug"
+    service: str = ""
+    operation: str = ""
+    outcome: str = "ok"  # ok | error | throttled
+    account: str | None = None
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Fan-out of events to subscribers; a failing subscriber never breaks the core."""
+
+    def __init__(self, subscribers: list[Subscriber] | None = None) -> None:
+        self._subscribers: list[Subscriber] = list(subscribers or [])
+        self._lock = threading.Lock()
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            try:
+                subscriber(event)
+            except Exception:
+                continue

@@ -1,0 +1,271 @@
+"""Gathers the state of every managed user with as few AWS calls as correctness allows.
+
+A steady-state account is read in a handful of calls whatever its size:
+
+* ``GetAccountAuthorizationDetails`` - every user with path and tags, 1000 a page;
+* ``GenerateCredentialReport`` + ``GetCredentialReport`` - every user's key slots (status, creation,
+  last use) in one CSV, but *without key ids*;
+* ``ListSecrets`` - every secret with tags and its version-to-stage map, 100 a page.
+
+Key ids come from the secret's tags (``rotator:current-key-id`` and ``rotator:previous-key-id`` with
+their creation dates, written at publication). A user's report slots are trusted only when they
+match those tags exactly; otherwise (a rotation since the report, a foreign key, a crash) the user
+falls back to ``ListAccessKeys``. Secret version ids are ``uuid5(key id)``, so which key each
+version holds follows from the stage map without reading secret values.
+
+Whatever the inventory reports, the executor re-reads a user's state fresh (:meth:`refresh`)
+before it changes anything.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from rotator.aws import Aws, ReportKey, SecretSummary, UserDetail
+from rotator.config import Settings, is_excluded_by_tag
+from rotator.errors import AwsError, NotFoundError
+from rotator.model import (
+    AWSCURRENT,
+    AWSPENDING,
+    AWSPREVIOUS,
+    TAG_CURRENT_CREATED,
+    TAG_CURRENT_KEY,
+    TAG_MANAGED,
+    TAG_PREVIOUS_CREATED,
+    TAG_PREVIOUS_KEY,
+    AccessKey,
+    KeyStatus,
+    SecretState,
+    UserState,
+    version_id_for,
+)
+
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
+_LABELS = (AWSCURRENT, AWSPREVIOUS, AWSPENDING)
+
+
+@dataclass(frozen=True)
+class InventoryStats:
+    users_seen: int = 0
+    managed: int = 0
+    report_hits: int = 0
+    key_listings: int = 0
+    value_reads: int = 0
+
+
+def is_managed(detail: UserDetail, settings: Settings) -> bool:
+    selection = settings.selection
+    if not detail.path.startswith(selection.path_prefix):
+        return False
+    if selection.tag is not None and detail.tags.get(selection.tag.key) != selection.tag.value:
+        return False
+    if any(fnmatch.fnmatchcase(detail.name, pattern) for pattern in selection.exclude):
+        return False
+    return not is_excluded_by_tag(detail.tags)
+
+
+def secret_name(template: str, user: str, account: str, path: str) -> tuple[str, str | None]:
+    """The secret name for ``user``, or an explanation why none can be formed."""
+    name = template.format(user=user, account=account, path=path.strip("/"))
+    name = re.sub(r"/{2,}", "/", name)
+    if not _SECRET_NAME.match(name):
+        return name, (
+            f"secret name {name!r} is not valid for Secrets Manager "
+            "(allowed: letters, digits and /_+=.@-, at most 512 characters)"
+        )
+    return name, None
+
+
+def secret_prefix(template: str) -> str:
+    """The static part of the name template before its first placeholder (ListSecrets filter)."""
+    return template.split("{", 1)[0]
+
+
+def _seconds(value: datetime) -> datetime:
+    return value.replace(microsecond=0)
+
+
+def _parse_time(raw: str | None) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+
+
+class Inventory:
+    def __init__(self, aws: Aws, settings: Settings, account: str) -> None:
+        self.aws = aws
+        self.settings = settings
+        self.account = account
+        self.stats = InventoryStats()
+
+    # -- the whole account -------------------------------------------------------------------
+
+    def gather(self) -> list[UserState]:
+        details = [d for d in self.aws.user_details() if is_managed(d, self.settings)]
+        if not details:
+            self.stats = InventoryStats(managed=0)
+            return []
+        report = self.aws.credential_report()
+        template = self.settings.secrets.name_template
+        secrets = {s.name: s for s in self.aws.secrets(secret_prefix(template))}
+        states: list[UserState] = []
+        hits = listings = reads = 0
+        for detail in sorted(details, key=lambda d: d.name):
+            name, error = secret_name(template, detail.name, self.account, detail.path)
+            summary = secrets.get(name)
+            keys = self._keys_from_report(report.get(detail.name), summary)
+            if keys is None:
+                keys = self._with_last_use(self.aws.access_keys(detail.name), report.get(detail.name))
+                listings += 1
+            else:
+                hits += 1
+            secret, value_reads = self._secret_state(name, summary, keys)
+            reads += value_reads
+            states.append(self._state(detail, keys, secret, error))
+        self.stats = InventoryStats(len(details), len(details), hits, listings, reads)
+        return states
+
+    # -- one user, fresh, for the executor --------------------------------------------------
+
+    def refresh(self, user: str) -> UserState | None:
+        """Re-read one user right before acting; ``None`` when it is gone or no longer managed."""
+        try:
+            detail = self.aws.user(user)
+        except NotFoundError:
+            return None
+        if not is_managed(detail, self.settings):
+            return None
+        name, error = secret_name(self.settings.secrets.name_template, user, self.account, detail.path)
+        try:
+            keys = self.aws.access_keys(user)
+        except NotFoundError:
+            return None
+        summary = None if error else self.aws.describe_secret(name)
+        current_version = None
+        if summary is not None:
+            current_version = next((v for v, stages in summary.versions.items() if AWSCURRENT in stages), None)
+        fresh: list[AccessKey] = []
+        for key in keys:
+            last_used = None
+            if key.active and (current_version is None or version_id_for(key.key_id) != current_version):
+                last_used = self.aws.key_last_used(key.key_id)
+            fresh.append(AccessKey(key.key_id, key.status, key.created, last_used))
+        secret, _ = self._secret_state(name, summary, fresh)
+        return self._state(detail, tuple(fresh), secret, error)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _state(
+        self,
+        detail: UserDetail,
+        keys: tuple[AccessKey, ...] | list[AccessKey],
+        secret: SecretState,
+        error: str | None,
+    ) -> UserState:
+        return UserState(
+            account=self.account,
+            user=detail.name,
+            path=detail.path,
+            arn=detail.arn,
+            tags=dict(detail.tags),
+            keys=tuple(keys),
+            secret=secret,
+            secret_name_error=error,
+        )
+
+    def _keys_from_report(
+        self, slots: list[ReportKey] | None, summary: SecretSummary | None
+    ) -> tuple[AccessKey, ...] | None:
+        """Key ids for the report's slots from the secret's tags, or None when they do not agree."""
+        if slots is None or summary is None or summary.tags.get(TAG_MANAGED) != "true":
+            return None
+        expected: dict[datetime, str] = {}
+        for key_tag, created_tag in (
+            (TAG_CURRENT_KEY, TAG_CURRENT_CREATED),
+            (TAG_PREVIOUS_KEY, TAG_PREVIOUS_CREATED),
+        ):
+            key_id = summary.tags.get(key_tag)
+            created = _parse_time(summary.tags.get(created_tag))
+            if key_id and created:
+                if _seconds(created) in expected:
+                    return None  # two keys in one second: ambiguous, ask IAM
+                expected[_seconds(created)] = key_id
+        current_id = summary.tags.get(TAG_CURRENT_KEY)
+        current_version = next((v for v, s in summary.versions.items() if AWSCURRENT in s), None)
+        if not current_id or current_version != version_id_for(current_id):
+            return None  # tags lag behind the stage map (interrupted publication)
+        if any(AWSPENDING in stages for stages in summary.versions.values()):
+            return None  # a rotation is in flight: ask IAM
+        keys: list[AccessKey] = []
+        created_by_id = {v: k for k, v in expected.items()}
+        for slot in slots:
+            key_id = expected.get(_seconds(slot.created))
+            if key_id is None:
+                return None  # a key the tags do not know: foreign, stray or orphan
+            created = _parse_time(
+                summary.tags.get(TAG_CURRENT_CREATED if key_id == current_id else TAG_PREVIOUS_CREATED)
+            )
+            status = KeyStatus.ACTIVE if slot.active else KeyStatus.INACTIVE
+            keys.append(AccessKey(key_id, status, created or created_by_id[key_id], slot.last_used))
+        if current_id not in {k.key_id for k in keys} or len({k.key_id for k in keys}) != len(keys):
+            return None
+        return tuple(keys)
+
+    def _with_last_use(self, keys: list[AccessKey], slots: list[ReportKey] | None) -> tuple[AccessKey, ...]:
+        by_second = {_seconds(slot.created): slot for slot in slots or []}
+        out = []
+        for key in keys:
+            slot = by_second.get(_seconds(key.created))
+            out.append(AccessKey(key.key_id, key.status, key.created, slot.last_used if slot else None))
+        return tuple(out)
+
+    def _secret_state(
+        self, name: str, summary: SecretSummary | None, keys: tuple[AccessKey, ...] | list[AccessKey]
+    ) -> tuple[SecretState, int]:
+        if summary is None:
+            return SecretState(name=name), 0
+        managed = summary.tags.get(TAG_MANAGED) == "true"
+        candidates = {k.key_id for k in keys}
+        candidates |= {summary.tags[t] for t in (TAG_CURRENT_KEY, TAG_PREVIOUS_KEY) if t in summary.tags}
+        by_version = {version_id_for(key_id): key_id for key_id in candidates}
+        version_keys: dict[str, str | None] = {}
+        reads = 0
+        for version, stages in summary.versions.items():
+            key_id = by_version.get(version)
+            if key_id is None and managed and any(label in stages for label in _LABELS):
+                key_id = self._key_in_version(name, version)
+                reads += 1
+            version_keys[version] = key_id
+        return (
+            SecretState(
+                name=name,
+                exists=True,
+                managed=managed,
+                versions=dict(summary.versions),
+                version_keys=version_keys,
+                tags=dict(summary.tags),
+                arn=summary.arn,
+            ),
+            reads,
+        )
+
+    def _key_in_version(self, name: str, version: str) -> str | None:
+        """Read one version whose id is not ours (written by hand?) to learn which key it holds."""
+        try:
+            text = self.aws.secret_value(name, version_id=version).reveal()
+        except AwsError:
+            return None
+        try:
+            document = json.loads(text)
+        except ValueError:
+            return None
+        key_id = document.get("AccessKeyId") if isinstance(document, Mapping) else None
+        return key_id if isinstance(key_id, str) else None

@@ -1,0 +1,179 @@
+"""Prometheus metrics (SPEC's table): a subscriber of core events over an injected registry."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from rotator import __version__
+from rotator.events import (
+    ActionFailed,
+    ActionSkipped,
+    AwsCall,
+    Event,
+    KeyDeleted,
+    KeyDisabled,
+    KeyHeld,
+    KeyPublished,
+    OrphanDeleted,
+    SweepFinished,
+)
+from rotator.model import Action, UserPlan, UserState
+
+
+@dataclass(frozen=True)
+class InventorySnapshot(Event):
+    """What one account looked like after a sweep or plan; drives the per-key gauges."""
+
+    name: ClassVar[str] = "inventory.snapshot"
+    level: ClassVar[str] = "debug"
+    account: str = ""
+    states: Sequence[UserState] = ()
+    plans: Sequence[UserPlan] = ()
+
+
+@dataclass(frozen=True)
+class LeaderChanged(Event):
+    name: ClassVar[str] = "leader.changed"
+    leader: bool = False
+
+
+def _ts(value: datetime) -> float:
+    return value.timestamp()
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.key_created = Gauge(
+            "rotator_access_key_created_timestamp_seconds",
+            "Creation time of each access key of a managed user.",
+            ["account", "user", "key_id", "status"],
+            registry=registry,
+        )
+        self.key_last_used = Gauge(
+            "rotator_access_key_last_used_timestamp_seconds",
+            "Last use of each access key, as IAM reports it (lags up to hours).",
+            ["account", "user", "key_id"],
+            registry=registry,
+        )
+        self.next_action = Gauge(
+            "rotator_next_action_timestamp_seconds",
+            "When the next action of each kind falls due for a user.",
+            ["account", "user", "action"],
+            registry=registry,
+        )
+        self.actions = Counter(
+            "rotator_actions_total", "Actions taken, by result.", ["action", "result"], registry=registry
+        )
+        self.sweeps = Counter("rotator_sweeps_total", "Sweeps, by result.", ["result"], registry=registry)
+        self.sweep_duration = Histogram(
+            "rotator_sweep_duration_seconds",
+            "Duration of sweeps.",
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "rotator_last_sweep_success_timestamp_seconds", "End of the last successful sweep.", registry=registry
+        )
+        self.managed_users = Gauge(
+            "rotator_managed_users", "Managed users per account.", ["account"], registry=registry
+        )
+        self.aws_calls = Counter(
+            "rotator_aws_api_calls_total",
+            "AWS API calls by outcome (throttled counts each throttled attempt).",
+            ["service", "operation", "outcome"],
+            registry=registry,
+        )
+        self.leader = Gauge("rotator_leader", "1 on the replica holding the lease.", registry=registry)
+        self.build_info = Gauge("rotator_build_info", "Build information.", ["version"], registry=registry)
+        self.dry_run = Gauge("rotator_dry_run", "1 when the rotator only plans (safety.dry_run).", registry=registry)
+        self.build_info.labels(version=__version__).set(1)
+        self._lock = threading.Lock()
+        self._key_labels: dict[str, set[tuple[str, ...]]] = {}
+        self._used_labels: dict[str, set[tuple[str, ...]]] = {}
+        self._next_labels: dict[str, set[tuple[str, ...]]] = {}
+
+    def __call__(self, event: Event) -> None:
+        self.observe(event)
+
+    def observe(self, event: Event) -> None:  # noqa: PLR0912 - one branch per event type reads best
+        if isinstance(event, AwsCall):
+            self.aws_calls.labels(event.service, event.operation, event.outcome).inc()
+        elif isinstance(event, KeyPublished):
+            self.actions.labels(Action.ROTATE.value, "success").inc()
+        elif isinstance(event, KeyDisabled):
+            self.actions.labels(Action.DISABLE.value, "success").inc()
+        elif isinstance(event, KeyHeld):
+            self.actions.labels(Action.DISABLE.value, "held").inc()
+        elif isinstance(event, KeyDeleted):
+            self.actions.labels(Action.DELETE.value, "success").inc()
+        elif isinstance(event, OrphanDeleted):
+            self.actions.labels(Action.CLEANUP.value, "success").inc()
+        elif isinstance(event, ActionFailed):
+            self.actions.labels(event.action.value, "failure").inc()
+        elif isinstance(event, ActionSkipped):
+            self.actions.labels(event.action.value, "skipped").inc()
+        elif isinstance(event, SweepFinished):
+            self.sweeps.labels(event.result).inc()
+            self.sweep_duration.observe(event.duration_seconds)
+            self.dry_run.set(1 if event.dry_run else 0)
+        elif isinstance(event, InventorySnapshot):
+            self.snapshot(event)
+        elif isinstance(event, LeaderChanged):
+            self.leader.set(1 if event.leader else 0)
+
+    def sweep_succeeded(self, at: datetime) -> None:
+        self.last_success.set(_ts(at))
+
+    def snapshot(self, event: InventorySnapshot) -> None:
+        """Set the per-key gauges of one account and remove those of keys that disappeared."""
+        account = event.account
+        created: set[tuple[str, ...]] = set()
+        used: set[tuple[str, ...]] = set()
+        upcoming: set[tuple[str, ...]] = set()
+        with self._lock:
+            self.managed_users.labels(account).set(len(event.states))
+            for state in event.states:
+                for key in state.keys:
+                    labels = (account, state.user, key.key_id, key.status.value)
+                    self.key_created.labels(*labels).set(_ts(key.created))
+                    created.add(labels)
+                    if key.last_used is not None:
+                        used_labels = (account, state.user, key.key_id)
+                        self.key_last_used.labels(*used_labels).set(_ts(key.last_used))
+                        used.add(used_labels)
+            for plan in event.plans:
+                soonest: dict[str, datetime] = {}
+                for item in plan.upcoming:
+                    action = item.action.value
+                    if action not in soonest or item.due_at < soonest[action]:
+                        soonest[action] = item.due_at
+                for step in plan.steps:
+                    if step.mutating and step.due_at is not None:
+                        action = step.action.value
+                        if action not in soonest or step.due_at < soonest[action]:
+                            soonest[action] = step.due_at
+                for action, due in soonest.items():
+                    labels = (account, plan.user, action)
+                    self.next_action.labels(*labels).set(_ts(due))
+                    upcoming.add(labels)
+            self._prune(self.key_created, self._key_labels, account, created)
+            self._prune(self.key_last_used, self._used_labels, account, used)
+            self._prune(self.next_action, self._next_labels, account, upcoming)
+
+    @staticmethod
+    def _prune(
+        gauge: Gauge, seen: dict[str, set[tuple[str, ...]]], account: str, now_present: set[tuple[str, ...]]
+    ) -> None:
+        for labels in seen.get(account, set()) - now_present:
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                continue
+        seen[account] = now_present

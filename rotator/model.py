@@ -1,0 +1,241 @@
+"""Frozen value objects shared by the policy, the inventory and the executor.
+
+Everything here is data: no I/O, no clock. The policy turns a :class:`UserState` and an
+:class:`EffectivePolicy` into a :class:`UserPlan`; the executor carries out its :class:`Step` objects.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+#: Namespace of the deterministic secret version ids. A version holding access key ``K`` always has
+#: the id ``uuid5(VERSION_NAMESPACE, K)``: retries of the same write are idempotent (the
+#: ``ClientRequestToken``), and the inventory can tell which key a version holds from
+#: ``ListSecrets``' version-to-stage map without reading any secret value.
+VERSION_NAMESPACE = uuid.UUID("7d1f6a53-3c1e-4c55-9a54-2b0b3c7e9a11")
+
+# Staging labels of Secrets Manager's rotation protocol.
+AWSCURRENT = "AWSCURRENT"
+AWSPREVIOUS = "AWSPREVIOUS"
+AWSPENDING = "AWSPENDING"
+
+# Tags written by the rotator. Secret tags record what later steps need to know; the user tag marks
+# a rotation in flight so that an orphaned key can be proven to be the rotator's own.
+TAG_MANAGED = "rotator:managed"
+TAG_CURRENT_KEY = "rotator:current-key-id"
+TAG_CURRENT_CREATED = "rotator:current-key-created"
+TAG_PUBLISHED_AT = "rotator:published-at"
+TAG_PREVIOUS_KEY = "rotator:previous-key-id"
+TAG_PREVIOUS_CREATED = "rotator:previous-key-created"
+TAG_DISABLED_KEY = "rotator:disabled-key-id"
+TAG_DISABLED_AT = "rotator:disabled-at"
+USER_TAG_ROTATION_STARTED = "rotator:rotation-started"
+
+# Per-user policy overrides (IAM user tags).
+USER_TAG_MAX_KEY_AGE = "rotator:max-key-age"
+USER_TAG_GRACE_PERIOD = "rotator:grace-period"
+USER_TAG_RETENTION = "rotator:retention"
+USER_TAG_EXCLUDE = "rotator:exclude"
+
+
+def version_id_for(key_id: str) -> str:
+    """The secret version id (and ``ClientRequestToken``) under which ``key_id`` is stored."""
+    return str(uuid.uuid5(VERSION_NAMESPACE, key_id))
+
+
+class KeyStatus(enum.StrEnum):
+    ACTIVE = "Active"
+    INACTIVE = "Inactive"
+
+
+class Action(enum.StrEnum):
+    ROTATE = "rotate"
+    DISABLE = "disable"
+    DELETE = "delete"
+    CLEANUP = "cleanup"
+    HOLD = "hold"
+    SKIP = "skip"
+
+
+#: Actions that change AWS; ``hold`` and ``skip`` only report.
+MUTATING_ACTIONS = frozenset({Action.ROTATE, Action.DISABLE, Action.DELETE, Action.CLEANUP})
+
+
+class GuardMode(enum.StrEnum):
+    HOLD = "hold"
+    WARN = "warn"
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True)
+class AccessKey:
+    key_id: str
+    status: KeyStatus
+    created: datetime
+    last_used: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status is KeyStatus.ACTIVE
+
+
+@dataclass(frozen=True)
+class SecretState:
+    """What Secrets Manager says about one user's secret, without its value."""
+
+    name: str
+    exists: bool = False
+    #: Carries ``rotator:managed=true``: the rotator wrote it and may write it again.
+    managed: bool = False
+    #: version id -> staging labels (only labelled versions).
+    versions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The access key id each labelled version holds, where known (``None`` = unresolved).
+    version_keys: Mapping[str, str | None] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    arn: str | None = None
+
+    def version_with(self, stage: str) -> str | None:
+        for version_id, stages in self.versions.items():
+            if stage in stages:
+                return version_id
+        return None
+
+    def key_in(self, stage: str) -> str | None:
+        version_id = self.version_with(stage)
+        if version_id is None:
+            return None
+        return self.version_keys.get(version_id)
+
+    @property
+    def referenced_keys(self) -> frozenset[str]:
+        return frozenset(key for key in self.version_keys.values() if key is not None)
+
+    def recorded_time(self, key_tag: str, time_tag: str, key_id: str) -> datetime | None:
+        """A timestamp tag, trusted only when its companion tag names ``key_id``."""
+        if self.tags.get(key_tag) != key_id:
+            return None
+        raw = self.tags.get(time_tag)
+        if raw is None:
+            return None
+        try:
+            return datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+
+    def published_at(self, key_id: str) -> datetime | None:
+        return self.recorded_time(TAG_CURRENT_KEY, TAG_PUBLISHED_AT, key_id)
+
+    def disabled_at(self, key_id: str) -> datetime | None:
+        return self.recorded_time(TAG_DISABLED_KEY, TAG_DISABLED_AT, key_id)
+
+
+@dataclass(frozen=True)
+class UserState:
+    """Everything the policy needs to know about one managed user, read at one moment."""
+
+    account: str
+    user: str
+    path: str = "/"
+    arn: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    keys: tuple[AccessKey, ...] = ()
+    secret: SecretState = field(default_factory=lambda: SecretState(name=""))
+    #: A secret name could not be formed from the template (reported as a per-user error).
+    secret_name_error: str | None = None
+
+    def key(self, key_id: str | None) -> AccessKey | None:
+        for key in self.keys:
+            if key.key_id == key_id:
+                return key
+        return None
+
+    @property
+    def rotation_started(self) -> datetime | None:
+        raw = self.tags.get(USER_TAG_ROTATION_STARTED)
+        if raw is None:
+            return None
+        try:
+            return datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class EffectivePolicy:
+    """The policy for one user after per-user tag overrides."""
+
+    max_key_age: timedelta
+    grace_period: timedelta
+    retention: timedelta
+    disable_guard: GuardMode = GuardMode.HOLD
+    quiet_period: timedelta = timedelta(hours=4)
+    max_hold: timedelta = timedelta(days=14)
+    validation_timeout: timedelta = timedelta(seconds=120)
+
+    @property
+    def in_flight_window(self) -> timedelta:
+        """How long a rotation may legitimately leave a key unreferenced (SPEC I3)."""
+        return 2 * self.validation_timeout
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing to do (or report) for one user. ``plan --json`` prints these."""
+
+    account: str
+    user: str
+    action: Action
+    key_id: str | None
+    reason: str
+    due_at: datetime | None = None
+    #: The guard decided to disable a key that is still in use (``warn`` or past ``max_hold``).
+    loud: bool = False
+    #: ``rotate`` that finishes a rotation another run left pending (the key already exists).
+    resume: bool = False
+
+    @property
+    def mutating(self) -> bool:
+        return self.action in MUTATING_ACTIONS
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "account": self.account,
+            "user": self.user,
+            "action": self.action.value,
+            "key_id": self.key_id,
+            "reason": self.reason,
+            "due_at": self.due_at.isoformat() if self.due_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class Upcoming:
+    """An action that will fall due later (for ``rotator_next_action_timestamp_seconds``)."""
+
+    action: Action
+    key_id: str | None
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class UserPlan:
+    account: str
+    user: str
+    steps: tuple[Step, ...] = ()
+    upcoming: tuple[Upcoming, ...] = ()
+
+    @property
+    def mutating_steps(self) -> tuple[Step, ...]:
+        return tuple(step for step in self.steps if step.mutating)
+
+
+@dataclass(frozen=True)
+class RepairNeeded:
+    """Records the executor must (re)write because a crash lost them (see docs/design.md)."""
+
+    published_key: str | None = None
+    disabled_key: str | None = None

@@ -1,0 +1,400 @@
+"""The heart: a pure function from (user state, effective policy, now) to a plan.
+
+Nothing here reads the clock or talks to AWS. The executor calls :func:`decide` again on freshly read
+state right before it acts, so a stale plan never mutates anything.
+
+Key roles (SPEC "Key lifecycle, precisely"):
+
+* *current*  - the key held by the secret's ``AWSCURRENT`` version;
+* *previous* - the key held by ``AWSPREVIOUS`` while it still exists in IAM;
+* *pending*  - the key held by ``AWSPENDING``: a rotation that wrote its new version and has not
+  published it yet;
+* *orphan*   - an unreferenced key the rotator can prove it created (it was created within
+  ``validation_timeout`` of the user's ``rotator:rotation-started`` tag);
+* *foreign*  - any other active key: reported, never touched;
+* *stray*    - any other inactive key: deleted only when a rotation needs its slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rotator.errors import UserError
+from rotator.model import (
+    AWSCURRENT,
+    AWSPENDING,
+    AWSPREVIOUS,
+    TAG_CURRENT_KEY,
+    TAG_PREVIOUS_KEY,
+    AccessKey,
+    Action,
+    EffectivePolicy,
+    GuardMode,
+    RepairNeeded,
+    Step,
+    Upcoming,
+    UserPlan,
+    UserState,
+)
+
+#: IAM allows two access keys per user.
+KEY_SLOTS = 2
+
+
+@dataclass(frozen=True)
+class KeyRoles:
+    current: AccessKey | None
+    previous: AccessKey | None
+    pending: AccessKey | None
+    orphans: tuple[AccessKey, ...]
+    foreign: tuple[AccessKey, ...]
+    strays: tuple[AccessKey, ...]
+
+
+def classify(state: UserState, policy: EffectivePolicy) -> KeyRoles:
+    """Sort the user's keys into the roles described in the module docstring."""
+    secret = state.secret
+    current = state.key(secret.key_in(AWSCURRENT)) if secret.exists else None
+    previous = state.key(secret.key_in(AWSPREVIOUS)) if secret.exists else None
+    if previous is None and current is not None and secret.tags.get(TAG_CURRENT_KEY) == current.key_id:
+        # Bootstrap: the pre-existing key was never stored (its secret is unknown), so only the tags
+        # written with this publication name it.
+        previous = state.key(secret.tags.get(TAG_PREVIOUS_KEY))
+    pending = state.key(secret.key_in(AWSPENDING)) if secret.exists else None
+    if previous is not None and current is not None and previous.key_id == current.key_id:
+        previous = None
+    if pending is not None and current is not None and pending.key_id == current.key_id:
+        pending = None
+    referenced = {key.key_id for key in (current, previous, pending) if key is not None}
+    orphans: list[AccessKey] = []
+    foreign: list[AccessKey] = []
+    strays: list[AccessKey] = []
+    for key in state.keys:
+        if key.key_id in referenced:
+            continue
+        if is_provable_orphan(key, state, policy):
+            orphans.append(key)
+        elif key.active:
+            foreign.append(key)
+        else:
+            strays.append(key)
+    return KeyRoles(current, previous, pending, tuple(orphans), tuple(foreign), tuple(strays))
+
+
+def is_provable_orphan(key: AccessKey, state: UserState, policy: EffectivePolicy) -> bool:
+    """The rotator created ``key``: it was created close to the user's rotation-started mark.
+
+    The rotator tags the user with ``rotator:rotation-started=<now>`` right before CreateAccessKey, so
+    its own key's CreateDate lies within ``validation_timeout`` of that mark. A key created at any
+    other time was made by someone else and is foreign.
+    """
+    started = state.rotation_started
+    if started is None:
+        return False
+    return abs(key.created - started) <= policy.validation_timeout
+
+
+def decide(state: UserState, policy: EffectivePolicy, now: datetime) -> UserPlan:
+    """The steps to take for ``state`` at ``now``; pure and total (never raises)."""
+    planner = _Planner(state, policy, now)
+    planner.run()
+    return UserPlan(state.account, state.user, tuple(planner.steps), tuple(planner.upcoming))
+
+
+class _Planner:
+    def __init__(self, state: UserState, policy: EffectivePolicy, now: datetime) -> None:
+        self.state = state
+        self.policy = policy
+        self.now = now
+        self.steps: list[Step] = []
+        self.upcoming: list[Upcoming] = []
+
+    def step(
+        self,
+        action: Action,
+        key: AccessKey | None,
+        reason: str,
+        due_at: datetime | None = None,
+        *,
+        loud: bool = False,
+        resume: bool = False,
+    ) -> None:
+        self.steps.append(
+            Step(
+                account=self.state.account,
+                user=self.state.user,
+                action=action,
+                key_id=key.key_id if key else None,
+                reason=reason,
+                due_at=due_at,
+                loud=loud,
+                resume=resume,
+            )
+        )
+
+    def later(self, action: Action, key: AccessKey | None, due_at: datetime) -> None:
+        self.upcoming.append(Upcoming(action, key.key_id if key else None, due_at))
+
+    def run(self) -> None:
+        state, secret = self.state, self.state.secret
+        if state.secret_name_error:
+            self.step(Action.SKIP, None, f"cannot form a secret name: {state.secret_name_error}")
+            return
+        if secret.exists and not secret.managed:
+            self.step(
+                Action.SKIP,
+                None,
+                f"secret {secret.name} exists but was not written by the rotator "
+                "(no rotator:managed=true tag); refusing to overwrite it",
+            )
+            return
+        roles = classify(state, self.policy)
+        for key in roles.foreign:
+            self.step(Action.SKIP, key, "foreign active key: held by no secret version; left alone")
+        if not self.handle_in_flight(roles):
+            return
+        free_slots = KEY_SLOTS - len(state.keys) + len(roles.orphans)
+        if not secret.exists:
+            self.bootstrap(roles, free_slots)
+            return
+        previous_leaves = self.previous_lifecycle(roles)
+        self.current_lifecycle(roles, free_slots + (1 if previous_leaves else 0), previous_leaves)
+
+    # -- in-flight rotations and their leftovers ------------------------------------------------
+
+    def handle_in_flight(self, roles: KeyRoles) -> bool:
+        """Clean up orphans past the in-flight window, resume stale pending versions.
+
+        Returns False when a rotation by another run may still be in flight: then nothing else is
+        decided for this user in this sweep (we must neither race it nor delete its key).
+        """
+        window = self.policy.in_flight_window
+        in_flight = False
+        for key in roles.orphans:
+            due = key.created + window
+            if self.now >= due:
+                self.step(Action.CLEANUP, key, "orphan of an interrupted rotation: held by no secret", due)
+            else:
+                in_flight = True
+                self.step(Action.SKIP, key, "rotation in flight: new key not stored yet", due)
+                self.later(Action.CLEANUP, key, due)
+        pending = roles.pending
+        if pending is not None:
+            due = pending.created + window
+            if self.now >= due:
+                self.step(
+                    Action.ROTATE,
+                    pending,
+                    "resume interrupted rotation: publish the pending key",
+                    due,
+                    resume=True,
+                )
+                return False
+            self.step(Action.SKIP, pending, "rotation in flight: pending version not published yet", due)
+            self.later(Action.ROTATE, pending, due)
+            return False
+        return not in_flight
+
+    # -- no secret yet --------------------------------------------------------------------------
+
+    def bootstrap(self, roles: KeyRoles, free_slots: int) -> None:
+        active = roles.foreign  # with no secret, every active non-orphan key is unreferenced
+        if len(active) >= 2:
+            self.steps = [s for s in self.steps if s.action is not Action.SKIP]
+            self.step(
+                Action.SKIP,
+                None,
+                "two active keys and no secret: cannot tell which one to replace",
+            )
+            return
+        replaced = active[0] if active else None
+        if replaced is not None:
+            # The pre-existing key is replaced; it is not foreign but the future previous key.
+            self.steps = [s for s in self.steps if s.key_id != replaced.key_id]
+        reason = (
+            "no secret yet: bootstrap, the existing key becomes the previous key"
+            if replaced
+            else "no secret and no key yet: create the first key"
+        )
+        self.rotate_with_slot(roles, free_slots, reason, self.now, replaced=replaced)
+
+    # -- the previous key: grace, guard, disable, retention, delete -----------------------------
+
+    def previous_lifecycle(self, roles: KeyRoles) -> bool:
+        """Plan the previous key's next step; True when it is deleted in this sweep."""
+        previous, secret = roles.previous, self.state.secret
+        if previous is None or roles.current is None:
+            return False
+        if previous.active:
+            # An unrecorded publication (crash before the tag was written) counts from now: the
+            # executor records it, and the grace period can only grow (I5).
+            published = secret.published_at(roles.current.key_id) or self.now
+            due = published + self.policy.grace_period
+            if self.now < due:
+                self.later(Action.DISABLE, previous, due)
+            else:
+                self.guard(previous, due)
+            return False
+        disabled = secret.disabled_at(previous.key_id) or self.now
+        due = disabled + self.policy.retention
+        if self.now >= due:
+            self.step(Action.DELETE, previous, "previous key past retention", due)
+            return True
+        self.later(Action.DELETE, previous, due)
+        return False
+
+    def guard(self, previous: AccessKey, due: datetime) -> None:
+        mode = self.policy.disable_guard
+        recently_used = (
+            previous.last_used is not None and self.now - previous.last_used < self.policy.quiet_period
+        )
+        if mode is GuardMode.IGNORE or not recently_used:
+            self.step(Action.DISABLE, previous, "previous key past grace period", due)
+            return
+        if mode is GuardMode.WARN:
+            self.step(
+                Action.DISABLE,
+                previous,
+                "previous key past grace period but still in use (guard=warn): disabling anyway",
+                due,
+                loud=True,
+            )
+            return
+        hold_until = due + self.policy.max_hold
+        if self.now >= hold_until:
+            self.step(
+                Action.DISABLE,
+                previous,
+                "previous key still in use but held past max_hold: disabling anyway",
+                due,
+                loud=True,
+            )
+            return
+        self.step(
+            Action.HOLD,
+            previous,
+            f"previous key used within quiet_period ({_fmt(self.policy.quiet_period)}): kept active",
+            due,
+        )
+        assert previous.last_used is not None
+        self.later(Action.DISABLE, previous, min(previous.last_used + self.policy.quiet_period, hold_until))
+
+    # -- the current key: age, rotation -------------------------------------------------------
+
+    def current_lifecycle(self, roles: KeyRoles, free_slots: int, previous_leaves: bool) -> None:
+        current = roles.current
+        if current is None:
+            self.rotate_with_slot(roles, free_slots, "the secret's current key no longer exists", self.now)
+            return
+        if not current.active:
+            self.rotate_with_slot(roles, free_slots, "the secret's current key is inactive", self.now)
+            return
+        due = current.created + self.policy.max_key_age
+        if self.now < due:
+            self.later(Action.ROTATE, current, due)
+            return
+        if roles.previous is not None and not previous_leaves:
+            # I5: the previous key leaves only on its own schedule; the rotation waits for it.
+            self.step(
+                Action.SKIP,
+                current,
+                f"rotation due but previous key {roles.previous.key_id} still exists: waits for its deletion",
+                due,
+            )
+            return
+        self.rotate_with_slot(roles, free_slots, "key older than max_key_age", due, replaced=current)
+
+    def rotate_with_slot(
+        self,
+        roles: KeyRoles,
+        free_slots: int,
+        reason: str,
+        due: datetime,
+        replaced: AccessKey | None = None,
+    ) -> None:
+        """Rotate, first deleting untracked inactive keys when IAM's two slots are full."""
+        strays = list(roles.strays)
+        while free_slots < 1 and strays:
+            stray = strays.pop(0)
+            self.step(Action.DELETE, stray, "inactive key tracked by no secret: frees a key slot", due)
+            free_slots += 1
+        if free_slots < 1:
+            blockers = ", ".join(k.key_id for k in roles.foreign) or "keys of the user"
+            self.step(Action.SKIP, replaced, f"rotation due but no free key slot (held by {blockers})", due)
+            return
+        self.step(Action.ROTATE, replaced, reason, due)
+
+
+def _fmt(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def repairs_needed(state: UserState, policy: EffectivePolicy) -> RepairNeeded:
+    """Timestamps a crash kept from being recorded; the executor records them as "now"."""
+    secret = state.secret
+    if not secret.exists or not secret.managed:
+        return RepairNeeded()
+    roles = classify(state, policy)
+    if roles.current is None or roles.previous is None:
+        return RepairNeeded()
+    published = None if secret.published_at(roles.current.key_id) else roles.current.key_id
+    disabled = None
+    if not roles.previous.active and secret.disabled_at(roles.previous.key_id) is None:
+        disabled = roles.previous.key_id
+    return RepairNeeded(published_key=published, disabled_key=disabled)
+
+
+def decide_forced(state: UserState, policy: EffectivePolicy, now: datetime, *, revoke: bool) -> UserPlan:
+    """``rotator rotate``: rotate now whatever the age; raises :class:`UserError` when it may not.
+
+    Without ``revoke`` a still existing previous key blocks the rotation (I5: it leaves only on its
+    own schedule). With ``revoke`` it is deleted first and, after publication, the key that was
+    current until now is disabled at once (the executor does that last part).
+    """
+    secret = state.secret
+    if state.secret_name_error:
+        raise UserError(state.user, f"cannot form a secret name: {state.secret_name_error}")
+    if secret.exists and not secret.managed:
+        raise UserError(state.user, f"secret {secret.name} exists but was not written by the rotator")
+    roles = classify(state, policy)
+    in_flight = [k for k in roles.orphans if now < k.created + policy.in_flight_window]
+    if roles.pending is not None:
+        in_flight.append(roles.pending)
+    if in_flight:
+        raise UserError(
+            state.user,
+            f"a rotation is in flight (key {in_flight[0].key_id}); "
+            f"try again after {(in_flight[0].created + policy.in_flight_window).isoformat()}",
+        )
+    planner = _Planner(state, policy, now)
+    for key in roles.orphans:
+        planner.step(Action.CLEANUP, key, "orphan of an interrupted rotation: held by no secret", now)
+    free_slots = KEY_SLOTS - len(state.keys) + len(roles.orphans)
+    replaced = roles.current
+    if not secret.exists:
+        if len(roles.foreign) >= 2:
+            raise UserError(state.user, "two active keys and no secret: cannot tell which one to replace")
+        replaced = roles.foreign[0] if roles.foreign else None
+    elif roles.previous is not None:
+        if not revoke:
+            raise UserError(
+                state.user,
+                f"previous key {roles.previous.key_id} still exists and leaves only on its own schedule; "
+                "use --revoke to delete it now (compromise response)",
+            )
+        planner.step(Action.DELETE, roles.previous, "forced rotation with --revoke: frees a key slot", now)
+        free_slots += 1
+    strays = list(roles.strays)
+    while free_slots < 1 and strays:
+        planner.step(Action.DELETE, strays.pop(0), "inactive key tracked by no secret: frees a key slot", now)
+        free_slots += 1
+    if free_slots < 1:
+        blockers = ", ".join(k.key_id for k in roles.foreign) or "keys of the user"
+        raise UserError(state.user, f"no free key slot (held by {blockers})")
+    planner.step(Action.ROTATE, replaced, "forced rotation" + (" with --revoke" if revoke else ""), now)
+    return UserPlan(state.account, state.user, tuple(planner.steps), ())
