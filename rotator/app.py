@@ -5,6 +5,7 @@ Nothing below this module reads the environment or the clock on its own.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -51,6 +52,8 @@ class SweepReport:
     outcomes: list[UserOutcome] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     duration_seconds: float = 0.0
+    #: A stop request (daemon shutdown) cut the sweep short at a step boundary.
+    interrupted: bool = False
 
     @property
     def failed(self) -> int:
@@ -61,7 +64,9 @@ class SweepReport:
 
     @property
     def result(self) -> str:
-        return "failure" if self.failed else "success"
+        if self.failed:
+            return "failure"
+        return "interrupted" if self.interrupted else "success"
 
 
 class App:
@@ -86,6 +91,7 @@ class App:
         self.clock = clock
         self.sleep = sleep
         self._aws = aws
+        self._aws_injected = aws is not None
         self._accounts: list[Account] | None = None
 
     # -- wiring ----------------------------------------------------------------------------------
@@ -117,8 +123,24 @@ class App:
             self._accounts = accounts
         return self._accounts
 
-    def executor(self, account: Account, sweep_id: str | None = None) -> Executor:
-        return Executor(account.aws, account.inventory, self.settings, self.bus.emit, self.clock, sleep=self.sleep, sweep_id=sweep_id)
+    def executor(self, account: Account, sweep_id: str | None = None, stop: threading.Event | None = None) -> Executor:
+        return Executor(
+            account.aws,
+            account.inventory,
+            self.settings,
+            self.bus.emit,
+            self.clock,
+            sleep=self.sleep,
+            sweep_id=sweep_id,
+            stop=stop,
+        )
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply new settings (the daemon's SIGHUP) between sweeps; the AWS wiring is rebuilt lazily."""
+        self.settings = settings
+        self._accounts = None
+        if not self._aws_injected:
+            self._aws = None
 
     # -- read-only ------------------------------------------------------------------------------
 
@@ -142,7 +164,8 @@ class App:
 
     # -- sweeping -------------------------------------------------------------------------------
 
-    def sweep(self, *, dry_run: bool | None = None) -> SweepReport:
+    def sweep(self, *, dry_run: bool | None = None, stop: threading.Event | None = None) -> SweepReport:
+        """One pass over every account. ``stop`` ends it early, at a step boundary (daemon shutdown)."""
         dry = self.settings.safety.dry_run if dry_run is None else dry_run
         report = SweepReport(sweep_id=uuid.uuid4().hex[:12], dry_run=dry)
         started = time.monotonic()
@@ -150,14 +173,24 @@ class App:
         budget = Budget(self.settings.safety.max_actions_per_sweep)
         try:
             for account in self.accounts():
-                self._sweep_account(account, report, budget, dry)
+                if stop is not None and stop.is_set():
+                    report.interrupted = True
+                    break
+                self._sweep_account(account, report, budget, dry, stop)
         except AwsError as exc:
             report.errors.append(str(exc))
         report.duration_seconds = time.monotonic() - started
         self._finish(report)
         return report
 
-    def _sweep_account(self, account: Account, report: SweepReport, budget: Budget, dry: bool) -> None:
+    def _sweep_account(
+        self,
+        account: Account,
+        report: SweepReport,
+        budget: Budget,
+        dry: bool,
+        stop: threading.Event | None = None,
+    ) -> None:
         view = self.view(account)
         report.views.append(view)
         if dry:
@@ -180,13 +213,16 @@ class App:
                             reason=step.reason,
                         )
                     )
-                report.outcomes.append(UserOutcome(user=state.user, account=account.account_id, skipped=list(plan.steps)))
+                report.outcomes.append(
+                    UserOutcome(user=state.user, account=account.account_id, skipped=list(plan.steps))
+                )
 
         def make() -> Executor:
-            return self.executor(account, report.sweep_id)
+            return self.executor(account, report.sweep_id, stop)
 
         outcomes = run_users(make, to_run, budget)
         report.outcomes.extend(outcomes)
+        report.interrupted = report.interrupted or any(o.interrupted for o in outcomes)
         if any(o.done for o in outcomes):
             try:
                 self.view(account)  # refresh gauges after changes (cheap in steady state)
@@ -203,7 +239,9 @@ class App:
 
     def _finish(self, report: SweepReport) -> None:
         for error in report.errors:
-            self.bus.emit(ActionFailed(account="", user="", sweep_id=report.sweep_id, error=error, error_type="AwsError"))
+            self.bus.emit(
+                ActionFailed(account="", user="", sweep_id=report.sweep_id, error=error, error_type="AwsError")
+            )
         self.bus.emit(
             SweepFinished(
                 sweep_id=report.sweep_id,

@@ -177,9 +177,7 @@ class Boundary:
             raise UnreachableError(
                 "no AWS region configured (set AWS_REGION or a profile region)", service=service
             ) from exc
-        client.meta.events.register(
-            f"needs-retry.{client.meta.service_model.endpoint_prefix}", self._on_retry
-        )
+        client.meta.events.register(f"needs-retry.{client.meta.service_model.endpoint_prefix}", self._on_retry)
         return client
 
     def _on_retry(self, response: Any = None, operation: Any = None, **_: Any) -> None:
@@ -227,7 +225,9 @@ class Boundary:
         except botocore.exceptions.NoRegionError as exc:
             self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
             raise UnreachableError(
-                "no AWS region configured (set AWS_REGION or a profile region)", service=service, operation=operation
+                "no AWS region configured (set AWS_REGION or a profile region)",
+                service=service,
+                operation=operation,
             ) from exc
         except botocore.exceptions.BotoCoreError as exc:
             self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
@@ -305,9 +305,7 @@ class Aws:
 
     def assume(self, role_arn: str, session_name: str = "iam-key-rotator") -> Aws:
         """An :class:`Aws` for another account, through ``sts:AssumeRole``."""
-        creds = self.boundary.call("sts", "AssumeRole", RoleArn=role_arn, RoleSessionName=session_name)[
-            "Credentials"
-        ]
+        creds = self.boundary.call("sts", "AssumeRole", RoleArn=role_arn, RoleSessionName=session_name)["Credentials"]
         session = boto3.session.Session(
             aws_access_key_id=creds["AccessKeyId"],
             aws_secret_access_key=creds["SecretAccessKey"],
@@ -401,9 +399,7 @@ class Aws:
         return keys
 
     def key_last_used(self, key_id: str) -> datetime | None:
-        info = self.boundary.call("iam", "GetAccessKeyLastUsed", AccessKeyId=key_id).get(
-            "AccessKeyLastUsed", {}
-        )
+        info = self.boundary.call("iam", "GetAccessKeyLastUsed", AccessKeyId=key_id).get("AccessKeyLastUsed", {})
         used = info.get("LastUsedDate")
         return _utc(used) if used else None
 
@@ -424,9 +420,7 @@ class Aws:
         self.boundary.call("iam", "DeleteAccessKey", UserName=user, AccessKeyId=key_id)
 
     def tag_user(self, user: str, tags: Mapping[str, str]) -> None:
-        self.boundary.call(
-            "iam", "TagUser", UserName=user, Tags=[{"Key": k, "Value": v} for k, v in tags.items()]
-        )
+        self.boundary.call("iam", "TagUser", UserName=user, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
 
     def untag_user(self, user: str, keys: list[str]) -> None:
         self.boundary.call("iam", "UntagUser", UserName=user, TagKeys=keys)
@@ -458,9 +452,7 @@ class Aws:
             )
         return _summary(item, item.get("VersionIdsToStages", {}))
 
-    def secret_value(
-        self, name: str, *, stage: str | None = None, version_id: str | None = None
-    ) -> SecretText:
+    def secret_value(self, name: str, *, stage: str | None = None, version_id: str | None = None) -> SecretText:
         params: dict[str, Any] = {"SecretId": name}
         if version_id:
             params["VersionId"] = version_id

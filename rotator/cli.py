@@ -16,11 +16,12 @@ from typing import Any, NoReturn, TextIO
 import yaml
 
 from rotator import __version__
-from rotator.config import Settings, load_settings
-from rotator.errors import AwsError, ConfigError, RotatorError, UsageError
+from rotator.config import Settings, load_settings, policy_for_user
+from rotator.errors import AwsError, ConfigError, RotatorError, UsageError, UserError
 from rotator.logs import configure as configure_logs
 from rotator.logs import redact_text
 from rotator.model import Action
+from rotator.policy import classify
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -34,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="configuration file")
     common.add_argument("--log-format", choices=["json", "console"], default=argparse.SUPPRESS)
     common.add_argument("--log-level", metavar="LEVEL", default=argparse.SUPPRESS)
@@ -50,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     inventory.add_argument("--json", action="store_true")
     rotate = commands.add_parser("rotate", parents=[common], help="forced rotation now, whatever the age")
     rotate.add_argument("users", nargs="+", metavar="USER")
-    rotate.add_argument("--revoke", action="store_true", help="disable the previous key as soon as the new one is published")
+    rotate.add_argument(
+        "--revoke", action="store_true", help="disable the previous key as soon as the new one is published"
+    )
     commands.add_parser("check-config", parents=[common], help="validate; print the effective configuration")
     sandbox = commands.add_parser("sandbox", parents=[common], help="self-contained demo on an embedded AWS emulator")
     sandbox.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -64,21 +67,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
-        parser.print_usage(sys.stderr)
+        print("rotator: error: a COMMAND is required (see rotator --help)", file=sys.stderr)
         return EXIT_USAGE
     try:
         return dispatch(args)
     except (ConfigError, UsageError) as exc:
-        print(f"rotator: error: {redact_text(str(exc))}", file=sys.stderr)
+        print(f"rotator: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except AwsError as exc:
-        print(f"rotator: AWS error: {redact_text(str(exc))}", file=sys.stderr)
+        print(f"rotator: AWS error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except RotatorError as exc:
-        print(f"rotator: error: {redact_text(str(exc))}", file=sys.stderr)
+        print(f"rotator: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line: AWS may put a whole (multi-line) response body in its message."""
+    return " ".join(redact_text(str(exc)).split())
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -91,7 +99,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def dispatch(args: argparse.Namespace) -> int:
+def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per command
     settings = _settings(args)
     command = args.command
     if command == "check-config":
@@ -104,7 +112,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if command == "sandbox":
         from rotator.sandbox import run_sandbox  # noqa: PLC0415 - moto is an optional extra
 
-        return run_sandbox(args)
+        return int(run_sandbox(args))
     from rotator.app import App  # noqa: PLC0415 - keeps `--version`/`check-config` free of boto3
 
     app = App(settings)
@@ -159,8 +167,7 @@ def _inventory(app: Any, *, as_json: bool) -> int:
     for view in views:
         for state, plan in zip(view.states, view.plans, strict=True):
             secret = state.secret
-            current = secret.key_in("AWSCURRENT")
-            previous = secret.key_in("AWSPREVIOUS")
+            current, previous = _current_and_previous(app.settings, state)
             upcoming = sorted(plan.upcoming, key=lambda u: u.due_at)
             records.append(
                 {
@@ -220,6 +227,23 @@ def _inventory(app: Any, *, as_json: bool) -> int:
             )
     print_table(rows, ["user", "key_id", "status", "role", "age", "last_used", "secret", "next"])
     return EXIT_OK
+
+
+def _current_and_previous(settings: Settings, state: Any) -> tuple[str | None, str | None]:
+    """Key ids of the current and previous key as the policy sees them.
+
+    After a bootstrap the previous key is in no secret version (its secret was never known); only the
+    secret's tags name it, so ``AWSPREVIOUS`` alone would call it "other".
+    """
+    try:
+        policy = policy_for_user(settings, state.tags, state.user)
+    except UserError:
+        policy = policy_for_user(settings, {}, state.user)  # roles do not depend on the durations
+    roles = classify(state, policy)
+    return (
+        roles.current.key_id if roles.current else None,
+        roles.previous.key_id if roles.previous else None,
+    )
 
 
 def _age(seconds: int) -> str:

@@ -5,9 +5,10 @@ Only the last one may be missing (the defaults then apply), so the CLI works wit
 
 Every key can be overridden from the environment as ``ROTATOR_<SECTION>__<KEY>``: a double underscore
 separates levels (``ROTATOR_SELECTION__TAG__VALUE``), names are case-insensitive and map to lower-case
-keys, and values are read as YAML scalars or flow collections (``true``, ``5``, ``[a, b]``). Fields that
-hold text take the value verbatim (so a cron expression or an ``arn:...`` needs no quoting), and list-of-text
-fields also accept ``a,b,c``. An override that names no known key is an error.
+keys (so ``ROTATOR_SECRETS__TAGS__TEAM`` sets the secret tag ``team``), and values are read as YAML
+scalars or flow collections (``true``, ``5``, ``[a, b]``). Fields that hold text take the value verbatim
+(so a cron expression or an ``arn:...`` needs no quoting), and list-of-text fields also accept
+``a,b,c``. An override that names no known key is an error.
 
 Every problem becomes one :class:`~rotator.errors.ConfigError` whose single line names the key path first:
 ``policy.max_key_age: invalid duration 'abc' (use e.g. 45s, 15m, 12h, 90d, 2w)``.
@@ -93,7 +94,7 @@ _DURATION_UNITS: tuple[tuple[str, int], ...] = (
     ("s", 1),
 )
 _UNIT_SECONDS = dict(_DURATION_UNITS)
-_DURATION_RE = re.compile(r"(\d+)([smhdw])")
+_DURATION_RE = re.compile(r"([0-9]+)([smhdw])")
 _DURATION_HINT = "use e.g. 45s, 15m, 12h, 90d, 2w"
 
 
@@ -210,9 +211,7 @@ def _check_name_template(template: str) -> None:
     allowed = ", ".join("{" + name + "}" for name in TEMPLATE_PLACEHOLDERS)
     for literal, field_name, format_spec, conversion in parts:
         if literal and _SECRET_NAME_RE.fullmatch(literal) is None:
-            raise ValueError(
-                f"literal text {literal!r} is not allowed in a secret name (use {_NAME_CHARS_HINT})"
-            )
+            raise ValueError(f"literal text {literal!r} is not allowed in a secret name (use {_NAME_CHARS_HINT})")
         if field_name is None:
             continue
         if field_name not in TEMPLATE_PLACEHOLDERS:
@@ -385,9 +384,7 @@ class SecretsSettings(_Section):
         for key, tag_value in value.items():
             # rotator:* tags carry the rotation state; letting configuration set them would corrupt it.
             if key.lower().startswith(("rotator:", "aws:")):
-                raise ValueError(
-                    f"tag key {key!r} uses a reserved prefix (rotator: and aws: are not allowed)"
-                )
+                raise ValueError(f"tag key {key!r} uses a reserved prefix (rotator: and aws: are not allowed)")
             if not 1 <= len(key) <= 128:
                 raise ValueError(f"tag key {_shorten(key)!r} must be 1 to 128 characters")
             if len(tag_value) > 256:
@@ -402,17 +399,6 @@ class SecretsSettings(_Section):
                 raise ValueError(f"{_shorten(region)!r} is not an AWS region name (e.g. eu-west-1)")
         _unique(value, "region")
         return value
-
-    def secret_name(self, *, user: str, account: str, path: str) -> str:
-        """The secret name for one user; :class:`~rotator.errors.UserError` if it is not a valid name."""
-        name = self.name_template.format(user=user, account=account, path=path)
-        if _SECRET_NAME_RE.fullmatch(name) is None:
-            raise UserError(
-                user,
-                f"secret name {_shorten(name)!r} from template {self.name_template!r} is invalid "
-                f"(1 to 512 of {_NAME_CHARS_HINT})",
-            )
-        return name
 
 
 class MetricsSettings(_Section):
@@ -465,7 +451,7 @@ class SafetySettings(_Section):
         default=100,
         strict=True,
         ge=0,
-        description="Upper bound on mutating actions (rotate, disable, delete, cleanup) in one sweep.",
+        description="Most mutating actions (rotate, disable, delete, cleanup) in one sweep; 0 allows none.",
     )
 
 
@@ -503,9 +489,7 @@ class CoordinationSettings(_Section):
     @classmethod
     def _valid_table(cls, value: str | None) -> str | None:
         if value is not None and _DYNAMODB_TABLE_RE.fullmatch(value) is None:
-            raise ValueError(
-                f"{_shorten(value)!r} is not a DynamoDB table name (3 to 255 of A-Z a-z 0-9 _ . -)"
-            )
+            raise ValueError(f"{_shorten(value)!r} is not a DynamoDB table name (3 to 255 of A-Z a-z 0-9 _ . -)")
         return value
 
 
@@ -534,9 +518,7 @@ class OrganizationSettings(_Section):
     def _valid_ous(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for ou in value:
             if _OU_ID_RE.fullmatch(ou) is None:
-                raise ValueError(
-                    f"{_shorten(ou)!r} is not an organizational unit or root id (ou-... or r-...)"
-                )
+                raise ValueError(f"{_shorten(ou)!r} is not an organizational unit or root id (ou-... or r-...)")
         _unique(value, "organizational unit")
         return value
 
@@ -563,9 +545,7 @@ class Settings(_Section):
 
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="When sweeps run.")
     policy: PolicySettings = Field(default_factory=PolicySettings, description="Key lifetimes and the guard.")
-    selection: SelectionSettings = Field(
-        default_factory=SelectionSettings, description="Which IAM users are managed."
-    )
+    selection: SelectionSettings = Field(default_factory=SelectionSettings, description="Which IAM users are managed.")
     secrets: SecretsSettings = Field(
         default_factory=SecretsSettings, description="Where keys are published in Secrets Manager."
     )
@@ -590,9 +570,7 @@ class Settings(_Section):
     def _empty_sections(cls, data: Any) -> Any:
         # ``policy:`` with every child commented out is an empty section, not a type error.
         if isinstance(data, Mapping):
-            return {
-                key: value for key, value in data.items() if not (value is None and key in _SECTION_NAMES)
-            }
+            return {key: value for key, value in data.items() if not (value is None and key in _SECTION_NAMES)}
         return data
 
     @field_validator("accounts")
@@ -600,9 +578,7 @@ class Settings(_Section):
     def _valid_accounts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for arn in value:
             if _ROLE_ARN_RE.fullmatch(arn) is None:
-                raise ValueError(
-                    f"{_shorten(arn)!r} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"
-                )
+                raise ValueError(f"{_shorten(arn)!r} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)")
         _unique(value, "role ARN")
         return value
 
@@ -826,9 +802,7 @@ def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[t
                 child = node[part] = seed
             elif not isinstance(child, dict):
                 where = ".".join(path[: depth + 1])
-                raise ConfigError(
-                    f"{variable}: cannot override inside {where}: the file sets it to a non-mapping"
-                )
+                raise ConfigError(f"{variable}: cannot override inside {where}: the file sets it to a non-mapping")
             node = child
         node[path[-1]] = _override_value(target, env[variable], variable)
     return overrides
@@ -886,10 +860,7 @@ def _describe_error(error: Mapping[str, Any]) -> tuple[tuple[int | str, ...], st
     if kind == "invalid_key" and loc:
         return loc[:-1], f"key {_shorten(repr(loc[-1]))} must be a string"
     # Bounds of float fields arrive as 0.0; operators wrote 0.
-    ctx = {
-        key: int(bound) if isinstance(bound, float) and bound.is_integer() else bound
-        for key, bound in ctx.items()
-    }
+    ctx = {key: int(bound) if isinstance(bound, float) and bound.is_integer() else bound for key, bound in ctx.items()}
     value = error.get("input")
     scalar = value is None or isinstance(value, str | int | float | bool)
     ctx["got"] = f", got {_shorten(repr(value))}" if scalar else f", got {_describe_type(value)}"

@@ -18,6 +18,7 @@ Bootstrap (no secret; a first version is always AWSCURRENT, so validate *before*
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypedDict
 
 from rotator.aws import Aws, NewKey, SecretText
 from rotator.config import Settings, policy_for_user
@@ -76,6 +78,15 @@ from rotator.policy import classify, decide, decide_forced, repairs_needed
 Clock = Callable[[], datetime]
 
 
+class _Context(TypedDict):
+    """The context every per-user event carries."""
+
+    account: str
+    user: str
+    key_id: str | None
+    sweep_id: str | None
+
+
 class Budget:
     """``safety.max_actions_per_sweep``, shared by the worker threads of one sweep."""
 
@@ -101,6 +112,8 @@ class UserOutcome:
     skipped: list[Step] = field(default_factory=list)
     deferred: list[Step] = field(default_factory=list)
     failed: list[tuple[Step | None, str]] = field(default_factory=list)
+    #: A stop request (daemon shutdown) ended this user's run at a step boundary.
+    interrupted: bool = False
 
 
 def credential_document(user: str, key: NewKey) -> SecretText:
@@ -135,6 +148,7 @@ class Executor:
         *,
         sleep: Callable[[float], None] = time.sleep,
         sweep_id: str | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.aws = aws
         self.inventory = inventory
@@ -143,8 +157,8 @@ class Executor:
         self.clock = clock
         self.sleep = sleep
         self.sweep_id = sweep_id
-        #: Test hook: called after every mutating AWS call with its name (crash-injection tests).
-        self.after_mutation: Callable[[str], None] = lambda _name: None
+        #: Set by the daemon on SIGTERM: no new step starts, the one in flight finishes.
+        self.stop = stop
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -154,6 +168,9 @@ class Executor:
     def run_user(self, user: str, budget: Budget) -> UserOutcome:
         """Refresh ``user``, decide again, act. Never raises for a per-user problem."""
         outcome = UserOutcome(user=user, account=self.inventory.account)
+        if self.stop is not None and self.stop.is_set():
+            outcome.interrupted = True
+            return outcome
         try:
             state = self.inventory.refresh(user)
         except RotatorError as exc:
@@ -219,6 +236,10 @@ class Executor:
             if self.settings.safety.dry_run:
                 outcome.deferred.append(step)
                 continue
+            if self.stop is not None and self.stop.is_set():
+                outcome.interrupted = True
+                outcome.deferred.append(step)
+                continue
             if not budget.take():
                 outcome.deferred.append(step)
                 self.emit(
@@ -268,9 +289,6 @@ class Executor:
 
     # -- the steps --------------------------------------------------------------------------------
 
-    def _mutated(self, name: str) -> None:
-        self.after_mutation(name)
-
     def _delete(self, state: UserState, key_id: str) -> None:
         current = state.secret.key_in(AWSCURRENT)
         if key_id == current:  # I4, defence in depth: the policy never asks for this
@@ -279,13 +297,11 @@ class Executor:
             self.aws.delete_access_key(state.user, key_id)
         except NotFoundError:
             return  # already gone (a concurrent run or an operator): the goal holds
-        self._mutated("DeleteAccessKey")
 
     def _disable(self, state: UserState, key_id: str, reason: str, *, loud: bool) -> None:
         if key_id == state.secret.key_in(AWSCURRENT):  # I4, defence in depth
             raise UserError(state.user, f"refusing to disable {key_id}: it is the secret's current key")
         self.aws.set_key_status(state.user, key_id, KeyStatus.INACTIVE)
-        self._mutated("UpdateAccessKey")
         self.emit(
             KeyDisabled(
                 account=state.account,
@@ -298,19 +314,12 @@ class Executor:
         )
         # Recorded after the fact: a crash in between leaves no record, and the repair then
         # records a later time, so retention can only grow (I5).
-        self.aws.tag_secret(
-            state.secret.name, {TAG_DISABLED_KEY: key_id, TAG_DISABLED_AT: _iso(self.clock())}
-        )
-        self._mutated("TagResource")
+        self.aws.tag_secret(state.secret.name, {TAG_DISABLED_KEY: key_id, TAG_DISABLED_AT: _iso(self.clock())})
 
     def _start(self, state: UserState) -> NewKey:
         self.aws.tag_user(state.user, {USER_TAG_ROTATION_STARTED: _iso(self.clock())})
-        self._mutated("TagUser")
         key = self.aws.create_access_key(state.user)
-        self.emit(
-            KeyCreated(account=state.account, user=state.user, key_id=key.key_id, sweep_id=self.sweep_id)
-        )
-        self._mutated("CreateAccessKey")
+        self.emit(KeyCreated(account=state.account, user=state.user, key_id=key.key_id, sweep_id=self.sweep_id))
         return key
 
     def _rotate(self, state: UserState, policy: EffectivePolicy, step: Step, *, revoke: bool) -> None:
@@ -324,9 +333,7 @@ class Executor:
             self._validate(state, key, deadline)
             self._check_deadline(state, key, deadline)
             tags = dict(self.settings.secrets.tags)
-            tags.update(
-                {TAG_MANAGED: "true", TAG_CURRENT_KEY: key.key_id, TAG_CURRENT_CREATED: _iso(key.created)}
-            )
+            tags.update({TAG_MANAGED: "true", TAG_CURRENT_KEY: key.key_id, TAG_CURRENT_CREATED: _iso(key.created)})
             if replaced is not None:
                 tags.update({TAG_PREVIOUS_KEY: replaced.key_id, TAG_PREVIOUS_CREATED: _iso(replaced.created)})
             self.aws.create_secret(
@@ -338,12 +345,10 @@ class Executor:
                 replica_regions=list(self.settings.secrets.replica_regions),
                 description=f"IAM access key of {state.user}, rotated by iam-key-rotator",
             )
-            self._mutated("CreateSecret")
             self._published(state, key.key_id, replaced, resumed=False)
         else:
             self._check_deadline(state, key, deadline)
             self.aws.put_secret_value(state.secret.name, document, version, [AWSPENDING])
-            self._mutated("PutSecretValue")
             try:
                 self._validate(state, key, deadline)
                 self._check_deadline(state, key, deadline)
@@ -365,9 +370,7 @@ class Executor:
             assert pending is not None
             key = NewKey(step.key_id, SecretText(document["SecretAccessKey"]), pending.created)
         except (ValueError, KeyError, TypeError, AssertionError) as exc:
-            raise UserError(
-                state.user, "pending secret version does not hold the rotator's document"
-            ) from exc
+            raise UserError(state.user, "pending secret version does not hold the rotator's document") from exc
         self._validate(state, key, self.clock() + policy.validation_timeout)
         replaced = classify(state, policy).current
         self._publish(state, version, key, replaced, resumed=True)
@@ -377,9 +380,7 @@ class Executor:
     ) -> None:
         old_version = state.secret.version_with(AWSCURRENT)
         self.aws.move_stage(state.secret.name, AWSCURRENT, to_version=version, from_version=old_version)
-        self._mutated("UpdateSecretVersionStage")
         self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version)
-        self._mutated("UpdateSecretVersionStage")
         tags = {TAG_CURRENT_KEY: key.key_id, TAG_CURRENT_CREATED: _iso(key.created)}
         if replaced is not None:
             tags.update({TAG_PREVIOUS_KEY: replaced.key_id, TAG_PREVIOUS_CREATED: _iso(replaced.created)})
@@ -398,7 +399,6 @@ class Executor:
             )
         )
         self.aws.tag_secret(state.secret.name, tags)
-        self._mutated("TagResource")
         self._finish(state)
 
     def _published(self, state: UserState, key_id: str, replaced: AccessKey | None, *, resumed: bool) -> None:
@@ -414,7 +414,6 @@ class Executor:
             )
         )
         self.aws.tag_secret(state.secret.name, {TAG_PUBLISHED_AT: _iso(self.clock())})
-        self._mutated("TagResource")
         self._finish(state)
 
     def _finish(self, state: UserState) -> None:
@@ -422,7 +421,6 @@ class Executor:
             self.aws.untag_user(state.user, [USER_TAG_ROTATION_STARTED])
         except AwsError:
             return  # a stale mark only narrows what counts as foreign; never worth failing for
-        self._mutated("UntagUser")
 
     def _abandon(self, state: UserState, key_id: str, version: str) -> None:
         """A new key that never validated: unlabel its version and delete it (best effort)."""
@@ -435,10 +433,8 @@ class Executor:
     def _check_deadline(self, state: UserState, key: NewKey, deadline: datetime) -> None:
         """Past ``validation_timeout`` another run may treat our key as an orphan: stop."""
         if self.clock() > deadline:
-            try:
+            with contextlib.suppress(AwsError):
                 self.aws.delete_access_key(state.user, key.key_id)
-            except AwsError:
-                pass
             raise ValidationTimeoutError(
                 f"{state.user}: rotation of {key.key_id} overran aws.validation_timeout; key withdrawn"
             )
@@ -458,9 +454,7 @@ class Executor:
                 if arn.endswith(expected_suffix) or arn.endswith(f"/{state.user}"):
                     return
                 last_error = "key authenticates as another principal"
-            self.emit(
-                ValidationAttempt(account=state.account, user=state.user, key_id=key.key_id, attempt=attempt)
-            )
+            self.emit(ValidationAttempt(account=state.account, user=state.user, key_id=key.key_id, attempt=attempt))
             remaining = (deadline - self.clock()).total_seconds()
             if remaining <= 0:
                 raise ValidationTimeoutError(
@@ -509,7 +503,7 @@ class Executor:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _ctx(self, step: Step) -> dict[str, object]:
+    def _ctx(self, step: Step) -> _Context:
         return {"account": step.account, "user": step.user, "key_id": step.key_id, "sweep_id": self.sweep_id}
 
     def _note(self, user: str, reason: str) -> Step:

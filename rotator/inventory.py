@@ -181,7 +181,7 @@ class Inventory:
             secret_name_error=error,
         )
 
-    def _keys_from_report(
+    def _keys_from_report(  # noqa: PLR0911 - each early return names one reason to ask IAM instead
         self, slots: list[ReportKey] | None, summary: SecretSummary | None
     ) -> tuple[AccessKey, ...] | None:
         """Key ids for the report's slots from the secret's tags, or None when they do not agree."""

@@ -22,7 +22,12 @@ _SECRET_LIKE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=
 _SECRET_FIELDS = re.compile(r"secret|password|token|credential", re.IGNORECASE)
 # Library loggers, held at INFO or above whatever --log-level says; botocore's INFO lines (where
 # it found credentials, which endpoint) are chatter, so it starts at WARNING.
-_FLOORS = {"botocore": logging.WARNING, "boto3": logging.WARNING, "urllib3": logging.WARNING, "apscheduler": logging.INFO}
+_FLOORS = {
+    "botocore": logging.WARNING,
+    "boto3": logging.WARNING,
+    "urllib3": logging.WARNING,
+    "apscheduler": logging.INFO,
+}
 
 
 def redact_text(text: str) -> str:
@@ -58,6 +63,7 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     if not isinstance(numeric, int):
         numeric = logging.INFO
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    handler = logging.StreamHandler(stream)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -70,7 +76,9 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
         # Tracebacks as structured data, without local variables (they could hold secrets).
-        exc_processors = [structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))]
+        exc_processors = [
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        ]
     structlog.configure(
         processors=[
             *shared,
@@ -80,7 +88,7 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=_LineLoggerFactory(handler),
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -92,13 +100,42 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
     for name, floor in _FLOORS.items():
         logging.getLogger(name).setLevel(max(numeric, floor))
+
+
+class _LineLogger:
+    """structlog's output: one write per line under the stdlib handler's lock.
+
+    structlog's PrintLogger writes a line and its newline in two calls under a lock of its own, so a
+    stdlib record (botocore, APScheduler) from another thread could land in between and break the
+    one-JSON-object-a-line contract. Sharing the handler's lock serialises both paths.
+    """
+
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self._handler = handler
+
+    def msg(self, message: str) -> None:
+        self._handler.acquire()
+        try:
+            self._handler.stream.write(message + "\n")
+            self._handler.stream.flush()
+        finally:
+            self._handler.release()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+class _LineLoggerFactory:
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self._handler = handler
+
+    def __call__(self, *_args: Any) -> _LineLogger:
+        return _LineLogger(self._handler)
 
 
 def log_subscriber(event: Event) -> None:

@@ -79,7 +79,9 @@ class Metrics:
             registry=registry,
         )
         self.last_success = Gauge(
-            "rotator_last_sweep_success_timestamp_seconds", "End of the last successful sweep.", registry=registry
+            "rotator_last_sweep_success_timestamp_seconds",
+            "End of the last successful sweep.",
+            registry=registry,
         )
         self.managed_users = Gauge(
             "rotator_managed_users", "Managed users per account.", ["account"], registry=registry
@@ -102,7 +104,7 @@ class Metrics:
     def __call__(self, event: Event) -> None:
         self.observe(event)
 
-    def observe(self, event: Event) -> None:  # noqa: PLR0912 - one branch per event type reads best
+    def observe(self, event: Event) -> None:
         if isinstance(event, AwsCall):
             self.aws_calls.labels(event.service, event.operation, event.outcome).inc()
         elif isinstance(event, KeyPublished):
@@ -141,9 +143,9 @@ class Metrics:
             self.managed_users.labels(account).set(len(event.states))
             for state in event.states:
                 for key in state.keys:
-                    labels = (account, state.user, key.key_id, key.status.value)
-                    self.key_created.labels(*labels).set(_ts(key.created))
-                    created.add(labels)
+                    key_labels = (account, state.user, key.key_id, key.status.value)
+                    self.key_created.labels(*key_labels).set(_ts(key.created))
+                    created.add(key_labels)
                     if key.last_used is not None:
                         used_labels = (account, state.user, key.key_id)
                         self.key_last_used.labels(*used_labels).set(_ts(key.last_used))

@@ -47,6 +47,23 @@ def version_id_for(key_id: str) -> str:
     return str(uuid.uuid5(VERSION_NAMESPACE, key_id))
 
 
+def parse_instant(raw: str | None) -> datetime | None:
+    """A timestamp tag as an aware datetime; ``None`` when absent, unparsable or without a UTC offset.
+
+    The rotator always writes offsets. A naive value was written by hand: its zone is unknown, and
+    comparing it with the aware clock would raise ``TypeError`` inside the policy and stop the sweep.
+    So it counts as unrecorded: a grace or retention period then starts from now (it can only grow,
+    I5) and a rotation mark proves no orphan (nothing is deleted, I3).
+    """
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    return value if value.utcoffset() is not None else None
+
+
 class KeyStatus(enum.StrEnum):
     ACTIVE = "Active"
     INACTIVE = "Inactive"
@@ -118,13 +135,7 @@ class SecretState:
         """A timestamp tag, trusted only when its companion tag names ``key_id``."""
         if self.tags.get(key_tag) != key_id:
             return None
-        raw = self.tags.get(time_tag)
-        if raw is None:
-            return None
-        try:
-            return datetime.fromisoformat(raw)
-        except ValueError:
-            return None
+        return parse_instant(self.tags.get(time_tag))
 
     def published_at(self, key_id: str) -> datetime | None:
         return self.recorded_time(TAG_CURRENT_KEY, TAG_PUBLISHED_AT, key_id)
@@ -155,13 +166,7 @@ class UserState:
 
     @property
     def rotation_started(self) -> datetime | None:
-        raw = self.tags.get(USER_TAG_ROTATION_STARTED)
-        if raw is None:
-            return None
-        try:
-            return datetime.fromisoformat(raw)
-        except ValueError:
-            return None
+        return parse_instant(self.tags.get(USER_TAG_ROTATION_STARTED))
 
 
 @dataclass(frozen=True)

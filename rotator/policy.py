@@ -172,7 +172,7 @@ class _Planner:
         window = self.policy.in_flight_window
         in_flight = False
         for key in roles.orphans:
-            due = key.created + window
+            due = _after(key.created, window)
             if self.now >= due:
                 self.step(Action.CLEANUP, key, "orphan of an interrupted rotation: held by no secret", due)
             else:
@@ -181,7 +181,7 @@ class _Planner:
                 self.later(Action.CLEANUP, key, due)
         pending = roles.pending
         if pending is not None:
-            due = pending.created + window
+            due = _after(pending.created, window)
             if self.now >= due:
                 self.step(
                     Action.ROTATE,
@@ -230,14 +230,14 @@ class _Planner:
             # An unrecorded publication (crash before the tag was written) counts from now: the
             # executor records it, and the grace period can only grow (I5).
             published = secret.published_at(roles.current.key_id) or self.now
-            due = published + self.policy.grace_period
+            due = _after(published, self.policy.grace_period)
             if self.now < due:
                 self.later(Action.DISABLE, previous, due)
             else:
                 self.guard(previous, due)
             return False
         disabled = secret.disabled_at(previous.key_id) or self.now
-        due = disabled + self.policy.retention
+        due = _after(disabled, self.policy.retention)
         if self.now >= due:
             self.step(Action.DELETE, previous, "previous key past retention", due)
             return True
@@ -246,9 +246,7 @@ class _Planner:
 
     def guard(self, previous: AccessKey, due: datetime) -> None:
         mode = self.policy.disable_guard
-        recently_used = (
-            previous.last_used is not None and self.now - previous.last_used < self.policy.quiet_period
-        )
+        recently_used = previous.last_used is not None and self.now - previous.last_used < self.policy.quiet_period
         if mode is GuardMode.IGNORE or not recently_used:
             self.step(Action.DISABLE, previous, "previous key past grace period", due)
             return
@@ -261,7 +259,7 @@ class _Planner:
                 loud=True,
             )
             return
-        hold_until = due + self.policy.max_hold
+        hold_until = _after(due, self.policy.max_hold)
         if self.now >= hold_until:
             self.step(
                 Action.DISABLE,
@@ -278,7 +276,7 @@ class _Planner:
             due,
         )
         assert previous.last_used is not None
-        self.later(Action.DISABLE, previous, min(previous.last_used + self.policy.quiet_period, hold_until))
+        self.later(Action.DISABLE, previous, min(_after(previous.last_used, self.policy.quiet_period), hold_until))
 
     # -- the current key: age, rotation -------------------------------------------------------
 
@@ -290,7 +288,7 @@ class _Planner:
         if not current.active:
             self.rotate_with_slot(roles, free_slots, "the secret's current key is inactive", self.now)
             return
-        due = current.created + self.policy.max_key_age
+        due = _after(current.created, self.policy.max_key_age)
         if self.now < due:
             self.later(Action.ROTATE, current, due)
             return
@@ -324,6 +322,19 @@ class _Planner:
             self.step(Action.SKIP, replaced, f"rotation due but no free key slot (held by {blockers})", due)
             return
         self.step(Action.ROTATE, replaced, reason, due)
+
+
+def _after(instant: datetime, delta: timedelta) -> datetime:
+    """``instant + delta``, saturating at the end of time instead of raising ``OverflowError``.
+
+    Timestamp tags can be edited by hand and per-user overrides such as ``rotator:max-key-age=99999999d``
+    parse, so a due time can fall outside ``datetime``'s range. "Never" is the honest answer, and it
+    keeps :func:`decide` total: one user's odd tag must not stop the sweep for every user.
+    """
+    try:
+        return instant + delta
+    except OverflowError:
+        return datetime.max.replace(tzinfo=instant.tzinfo)
 
 
 def _fmt(delta: timedelta) -> str:
@@ -362,14 +373,14 @@ def decide_forced(state: UserState, policy: EffectivePolicy, now: datetime, *, r
     if secret.exists and not secret.managed:
         raise UserError(state.user, f"secret {secret.name} exists but was not written by the rotator")
     roles = classify(state, policy)
-    in_flight = [k for k in roles.orphans if now < k.created + policy.in_flight_window]
+    in_flight = [k for k in roles.orphans if now < _after(k.created, policy.in_flight_window)]
     if roles.pending is not None:
         in_flight.append(roles.pending)
     if in_flight:
         raise UserError(
             state.user,
             f"a rotation is in flight (key {in_flight[0].key_id}); "
-            f"try again after {(in_flight[0].created + policy.in_flight_window).isoformat()}",
+            f"try again after {_after(in_flight[0].created, policy.in_flight_window).isoformat()}",
         )
     planner = _Planner(state, policy, now)
     for key in roles.orphans:

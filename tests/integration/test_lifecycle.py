@@ -1,0 +1,166 @@
+"""The whole lifecycle against a moto server that verifies request signatures.
+
+With ``INITIAL_NO_AUTH_ACTION_COUNT`` moto checks every request's signature (and the caller's IAM
+policy actions) after the first few calls, so a published secret whose key signs
+``sts:GetCallerIdentity`` is proven to hold the secret access key IAM issued (I2).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from conftest import REGION, AwsEnv, MotoServer, assert_no_secrets, run_cli, write_config
+
+# Calls made without signatures: create the admin user, its policy, attach it, create its key.
+SETUP_CALLS = 4
+
+CONFIG = """\
+policy:
+  max_key_age: 25s
+  grace_period: 3s
+  retention: 3s
+  disable_guard: hold
+  quiet_period: 1s
+  max_hold: 1h
+aws:
+  validation_timeout: 10s
+  max_calls_per_second: 1000
+"""
+
+ADMIN_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+
+
+@pytest.fixture
+def signed_server() -> Iterator[MotoServer]:
+    # One server per test: moto's count of unsigned calls is not reset by /moto-api/reset.
+    server = MotoServer({"INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS)})
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def signed_aws(signed_server: MotoServer) -> AwsEnv:
+    """An account whose rotator credentials are a real (moto) IAM admin key."""
+    anonymous = AwsEnv(signed_server.url)
+    iam = anonymous.iam
+    iam.create_user(UserName="rotator-admin", Path="/ops/")
+    arn = iam.create_policy(PolicyName="admin", PolicyDocument=ADMIN_POLICY)["Policy"]["Arn"]
+    iam.attach_user_policy(UserName="rotator-admin", PolicyArn=arn)
+    key = iam.create_access_key(UserName="rotator-admin")["AccessKey"]
+    env = AwsEnv(signed_server.url, access_key=key["AccessKeyId"], secret_key=key["SecretAccessKey"])
+    env.created_secrets.append(key["SecretAccessKey"])
+    return env
+
+
+def signs_as(aws: AwsEnv, document: dict[str, Any]) -> str:
+    """The ARN ``sts:GetCallerIdentity`` returns when signed with the secret's key."""
+    sts = boto3.client(
+        "sts",
+        endpoint_url=aws.url,
+        region_name=REGION,
+        aws_access_key_id=document["AccessKeyId"],
+        aws_secret_access_key=document["SecretAccessKey"],
+    )
+    return str(sts.get_caller_identity()["Arn"])
+
+
+def plan(aws: AwsEnv, config: Path) -> set[tuple[str, str, str | None]]:
+    result = run_cli(["plan", "--json"], aws, config)
+    assert result.returncode == 0, result.stderr
+    return {(s["user"], s["action"], s["key_id"]) for s in json.loads(result.stdout)}
+
+
+def sweep(aws: AwsEnv, config: Path, outputs: list[str]) -> None:
+    result = run_cli(["sweep"], aws, config)
+    outputs += [result.stdout, result.stderr]
+    assert result.returncode == 0, result.stderr
+
+
+def wait_until(deadline: float) -> None:
+    time.sleep(max(0.0, deadline - time.time()))
+
+
+def test_bootstrap_grace_disable_retention_delete_then_age_rotation(signed_aws: AwsEnv, tmp_path: Path) -> None:
+    aws = signed_aws
+    config = write_config(tmp_path, CONFIG)
+    outputs: list[str] = []
+    (k0,) = aws.user("app")
+    assert plan(aws, config) == {("app", "rotate", k0)}
+
+    # Bootstrap: a new key, validated, stored as the secret's first (AWSCURRENT) version.
+    sweep(aws, config, outputs)
+    t_published = time.time()
+    keys = aws.keys("app")
+    (k1,) = set(keys) - {k0}
+    assert keys == {k0: "Active", k1: "Active"}
+    document = aws.secret("app")
+    assert set(document) == {"Version", "AccessKeyId", "SecretAccessKey", "UserName", "CreateDate"}
+    assert document["Version"] == 1 and document["AccessKeyId"] == k1 and document["UserName"] == "app"
+    assert document["CreateDate"].endswith("+00:00")
+    assert signs_as(aws, document).endswith(":user/svc/app")
+    assert [stages for stages in aws.stages("app").values()] == [["AWSCURRENT"]]
+    assert plan(aws, config) == set()  # grace period running
+
+    # Grace over: the previous (pre-existing) key is disabled, the current one untouched (I4).
+    wait_until(t_published + 3.5)
+    assert plan(aws, config) == {("app", "disable", k0)}
+    sweep(aws, config, outputs)
+    t_disabled = time.time()
+    assert aws.keys("app") == {k0: "Inactive", k1: "Active"}
+    assert plan(aws, config) == set()  # retention running
+
+    # Retention over: deleted.
+    wait_until(t_disabled + 3.5)
+    assert plan(aws, config) == {("app", "delete", k0)}
+    sweep(aws, config, outputs)
+    assert aws.keys("app") == {k1: "Active"}
+
+    # The current key ages past max_key_age: a rotation by the protocol (AWSPENDING -> AWSCURRENT).
+    created = aws.iam.list_access_keys(UserName="app")["AccessKeyMetadata"][0]["CreateDate"].timestamp()
+    wait_until(created + 25.5)
+    assert plan(aws, config) == {("app", "rotate", k1)}
+    sweep(aws, config, outputs)
+    t_published = time.time()
+    keys = aws.keys("app")
+    (k2,) = set(keys) - {k1}
+    assert keys == {k1: "Active", k2: "Active"}
+    current, previous = aws.secret("app"), aws.secret("app", "AWSPREVIOUS")
+    assert current["AccessKeyId"] == k2 and previous["AccessKeyId"] == k1
+    assert sorted(sorted(s) for s in aws.stages("app").values()) == [["AWSCURRENT"], ["AWSPREVIOUS"]]
+    assert signs_as(aws, current).endswith(":user/svc/app")
+
+    wait_until(t_published + 3.5)
+    sweep(aws, config, outputs)
+    assert aws.keys("app") == {k1: "Inactive", k2: "Active"}
+    wait_until(time.time() + 3.5)
+    sweep(aws, config, outputs)
+    assert aws.keys("app") == {k2: "Active"}
+    assert aws.secret("app")["AccessKeyId"] == k2
+
+    assert_no_secrets(outputs, aws.created_secrets)
+
+
+def test_guard_holds_a_previous_key_still_in_use(signed_aws: AwsEnv, tmp_path: Path) -> None:
+    aws = signed_aws
+    config = write_config(tmp_path, CONFIG.replace("quiet_period: 1s", "quiet_period: 30s"))
+    (k0,) = aws.user("busy")
+    old_secret = aws.created_secrets[-1]
+    outputs: list[str] = []
+    sweep(aws, config, outputs)
+    # A consumer still signs with the old key.
+    signs_as(aws, {"AccessKeyId": k0, "SecretAccessKey": old_secret})
+    time.sleep(3.5)
+    assert plan(aws, config) == {("busy", "hold", k0)}
+    result = run_cli(["sweep"], aws, config)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    held = [e for e in events if e["event"] == "key.held"]
+    assert held and held[0]["user"] == "busy" and held[0]["key_id"] == k0
+    assert aws.keys("busy")[k0] == "Active"
+    assert_no_secrets([*outputs, result.stdout, result.stderr], aws.created_secrets)
