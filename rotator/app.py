@@ -156,7 +156,8 @@ class App:
             policy = policy_for_user(self.settings, state.tags, state.user)
         except UserError as exc:
             reason = str(exc).removeprefix(f"{state.user}: ")
-            return UserPlan(state.account, state.user, (Step(state.account, state.user, Action.SKIP, None, reason),))
+            step = Step(state.account, state.user, Action.SKIP, None, reason, problem=True)
+            return UserPlan(state.account, state.user, (step,))
         return decide(state, policy, now)
 
     def plan(self) -> list[AccountView]:
@@ -202,20 +203,7 @@ class App:
             if wants_action or (policy_ok and self._needs_repair(state)):
                 to_run.append(state.user)
             else:
-                for step in plan.steps:
-                    self.bus.emit(
-                        ActionSkipped(
-                            account=step.account,
-                            user=step.user,
-                            key_id=step.key_id,
-                            sweep_id=report.sweep_id,
-                            action=step.action,
-                            reason=step.reason,
-                        )
-                    )
-                report.outcomes.append(
-                    UserOutcome(user=state.user, account=account.account_id, skipped=list(plan.steps))
-                )
+                report.outcomes.append(self._report_only(plan, report.sweep_id))
 
         def make() -> Executor:
             return self.executor(account, report.sweep_id, stop)
@@ -228,6 +216,30 @@ class App:
                 self.view(account)  # refresh gauges after changes (cheap in steady state)
             except AwsError as exc:
                 report.errors.append(str(exc))
+
+    def _report_only(self, plan: UserPlan, sweep_id: str) -> UserOutcome:
+        """A user with nothing to act on: its skips are reported, its problems are failures."""
+        outcome = UserOutcome(user=plan.user, account=plan.account)
+        for step in plan.steps:
+            who = {"account": step.account, "user": step.user}
+            if step.problem:
+                outcome.failed.append((step, step.reason))
+                self.bus.emit(
+                    ActionFailed(
+                        **who,
+                        key_id=step.key_id,
+                        sweep_id=sweep_id,
+                        action=step.action,
+                        error=step.reason,
+                        error_type="UserError",
+                    )
+                )
+            else:
+                outcome.skipped.append(step)
+                self.bus.emit(
+                    ActionSkipped(**who, key_id=step.key_id, sweep_id=sweep_id, action=step.action, reason=step.reason)
+                )
+        return outcome
 
     def _needs_repair(self, state: UserState) -> bool:
         try:

@@ -158,7 +158,7 @@ class Boundary:
 
     def client_config(self) -> botocore.config.Config:
         return botocore.config.Config(
-            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
             connect_timeout=10,
             read_timeout=30,
             user_agent_extra=f"iam-key-rotator/{__version__}",
@@ -284,6 +284,23 @@ def _parse_report_time(raw: str) -> datetime | None:
     return _utc(datetime.fromisoformat(raw.replace("Z", "+00:00")))
 
 
+def _report_slots(row: Mapping[str, str]) -> list[ReportKey]:
+    """The access-key slots of one credential report row."""
+    slots: list[ReportKey] = []
+    for n in (1, 2):
+        created = _parse_report_time(row.get(f"access_key_{n}_last_rotated", "N/A"))
+        if created is None:
+            continue
+        slots.append(
+            ReportKey(
+                active=row.get(f"access_key_{n}_active") == "true",
+                created=created,
+                last_used=_parse_report_time(row.get(f"access_key_{n}_last_used_date", "N/A")),
+            )
+        )
+    return slots
+
+
 class Aws:
     """Typed IAM / Secrets Manager / STS operations of one account, over a :class:`Boundary`."""
 
@@ -370,19 +387,12 @@ class Aws:
         text = content.decode() if isinstance(content, bytes) else str(content)
         report: dict[str, list[ReportKey]] = {}
         for row in csv.DictReader(io.StringIO(text)):
-            slots: list[ReportKey] = []
-            for n in (1, 2):
-                created = _parse_report_time(row.get(f"access_key_{n}_last_rotated", "N/A"))
-                if created is None:
-                    continue
-                slots.append(
-                    ReportKey(
-                        active=row.get(f"access_key_{n}_active") == "true",
-                        created=created,
-                        last_used=_parse_report_time(row.get(f"access_key_{n}_last_used_date", "N/A")),
-                    )
-                )
-            report[row["user"]] = slots
+            try:
+                report[row["user"]] = _report_slots(row)
+            except (ValueError, KeyError, TypeError):
+                # A row that does not parse (an emulator that leaves commas unquoted, say) is
+                # dropped: its user falls back to ListAccessKeys, never to "no keys".
+                continue
         return report
 
     def access_keys(self, user: str) -> list[AccessKey]:

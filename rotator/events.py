@@ -6,6 +6,7 @@ events carry key *ids* only. ``fields()`` is what the log subscriber writes next
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -174,5 +175,5 @@ class EventBus:
         for subscriber in subscribers:
             try:
                 subscriber(event)
-            except Exception:
-                continue
+            except Exception:  # observability must never stop a rotation
+                logging.getLogger(__name__).warning("event subscriber failed", exc_info=True)

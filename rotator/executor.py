@@ -178,7 +178,9 @@ class Executor:
             self._failed(user, None, Action.SKIP, exc)
             return outcome
         if state is None:
-            outcome.skipped.append(self._note(user, "user no longer exists or is no longer managed"))
+            note = self._note(user, "user no longer exists or is no longer managed")
+            outcome.skipped.append(note)
+            self.emit(ActionSkipped(**self._ctx(note), action=note.action, reason=note.reason))
             return outcome
         try:
             policy = self.policy(state)
@@ -298,8 +300,9 @@ class Executor:
         except NotFoundError:
             return  # already gone (a concurrent run or an operator): the goal holds
 
-    def _disable(self, state: UserState, key_id: str, reason: str, *, loud: bool) -> None:
-        if key_id == state.secret.key_in(AWSCURRENT):  # I4, defence in depth
+    def _disable(self, state: UserState, key_id: str, reason: str, *, loud: bool, current: str | None = None) -> None:
+        # ``current`` overrides the state's view right after this run published a new key.
+        if key_id == (current or state.secret.key_in(AWSCURRENT)):  # I4, defence in depth
             raise UserError(state.user, f"refusing to disable {key_id}: it is the secret's current key")
         self.aws.set_key_status(state.user, key_id, KeyStatus.INACTIVE)
         self.emit(
@@ -357,7 +360,7 @@ class Executor:
                 raise
             self._publish(state, version, key, replaced, resumed=False)
         if revoke and replaced is not None and replaced.active:
-            self._disable(state, replaced.key_id, "forced rotation with --revoke", loud=True)
+            self._disable(state, replaced.key_id, "forced rotation with --revoke", loud=True, current=key.key_id)
 
     def _resume(self, state: UserState, policy: EffectivePolicy, step: Step) -> None:
         """Publish a pending version another run wrote and never published (it crashed)."""

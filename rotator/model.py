@@ -201,6 +201,8 @@ class Step:
     loud: bool = False
     #: ``rotate`` that finishes a rotation another run left pending (the key already exists).
     resume: bool = False
+    #: A per-user problem (bad tag, foreign secret, impossible secret name): the sweep fails (exit 1).
+    problem: bool = False
 
     @property
     def mutating(self) -> bool:

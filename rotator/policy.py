@@ -119,6 +119,7 @@ class _Planner:
         *,
         loud: bool = False,
         resume: bool = False,
+        problem: bool = False,
     ) -> None:
         self.steps.append(
             Step(
@@ -130,6 +131,7 @@ class _Planner:
                 due_at=due_at,
                 loud=loud,
                 resume=resume,
+                problem=problem,
             )
         )
 
@@ -139,7 +141,7 @@ class _Planner:
     def run(self) -> None:
         state, secret = self.state, self.state.secret
         if state.secret_name_error:
-            self.step(Action.SKIP, None, f"cannot form a secret name: {state.secret_name_error}")
+            self.step(Action.SKIP, None, f"cannot form a secret name: {state.secret_name_error}", problem=True)
             return
         if secret.exists and not secret.managed:
             self.step(
@@ -147,6 +149,7 @@ class _Planner:
                 None,
                 f"secret {secret.name} exists but was not written by the rotator "
                 "(no rotator:managed=true tag); refusing to overwrite it",
+                problem=True,
             )
             return
         roles = classify(state, self.policy)
