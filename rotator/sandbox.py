@@ -313,7 +313,8 @@ def _span(seconds: float) -> str:
 
 
 def _banner(*, url: str, phase: float, metrics_port: int, log_path: Path, env: dict[str, str], config: Path) -> str:
-    exports = " ".join(f"{k}={v}" for k, v in env.items()) + f" ROTATOR_CONFIG={config}"
+    shown = {k: v for k, v in env.items() if k != "AWS_DEFAULT_REGION"}  # AWS_REGION is enough for the CLIs
+    exports = " ".join(f"{k}={v}" for k, v in shown.items()) + f" ROTATOR_CONFIG={config}"
     return (
         f"rotator sandbox: emulator {url}, phase {phase:g}s "
         f"(max_key_age {3 * phase:g}s, grace {phase:g}s, retention {phase:g}s)\n"
