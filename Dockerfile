@@ -1,5 +1,6 @@
-# syntax=docker/dockerfile:1
 # iam-key-rotator container image.
+# No `# syntax=` line on purpose: it makes BuildKit pull docker/dockerfile from Docker Hub on every build,
+# which air-gapped builders cannot reach; the built-in frontend (Docker >= 20.10) handles RUN --mount.
 #   docker build -t iam-key-rotator .
 #   docker run --read-only --tmpfs /tmp -v /path/to/config.yaml:/etc/rotator/config.yaml:ro \
 #     -e AWS_REGION=eu-west-1 -p 9464:9464 iam-key-rotator

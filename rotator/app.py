@@ -93,6 +93,8 @@ class App:
         self._aws = aws
         self._aws_injected = aws is not None
         self._accounts: list[Account] | None = None
+        #: Accounts the last :meth:`accounts` call could not reach (one line each); see ``sweep``.
+        self.account_errors: list[str] = []
 
     # -- wiring ----------------------------------------------------------------------------------
 
@@ -109,19 +111,49 @@ class App:
         return self._aws
 
     def accounts(self) -> list[Account]:
-        if self._accounts is None:
-            base = self.base_aws()
-            accounts: list[Account] = []
-            if not self.settings.accounts:
-                account_id = base.account_id()
-                base.boundary.account = account_id
-                accounts.append(Account(account_id, base, Inventory(base, self.settings, account_id)))
-            for role_arn in self.settings.accounts:
+        """One :class:`Account` per managed account (cached until :meth:`reconfigure`).
+
+        The explicit ``accounts`` role ARNs, then (with ``organization``) every ACTIVE account that
+        AWS Organizations lists (all of it, or under ``include_ous`` and their nested OUs), minus
+        ``exclude_accounts`` (which wins over explicit ARNs too), each account once. Without either,
+        the caller's own account. A failing listing raises (never "no accounts"); an account whose
+        role cannot be assumed is left out and named in :attr:`account_errors`; the others proceed,
+        and the set is not cached, so the next call tries that account again.
+        """
+        if self._accounts is not None:
+            return self._accounts
+        base = self.base_aws()
+        org = self.settings.organization
+        excluded = set(org.exclude_accounts) if org else set()
+        roles: dict[str, str] = {}  # account id -> role ARN, first wins
+        for role_arn in self.settings.accounts:
+            roles.setdefault(role_arn.split(":")[4], role_arn)
+        if org is not None:
+            members = base.org_accounts_under(org.include_ous) if org.include_ous else base.org_accounts()
+            for member in sorted(members, key=lambda m: m.account_id):
+                if member.state == "ACTIVE":
+                    roles.setdefault(
+                        member.account_id, f"arn:{member.partition}:iam::{member.account_id}:role/{org.role_name}"
+                    )
+        accounts: list[Account] = []
+        errors: list[str] = []
+        if not self.settings.accounts and org is None:
+            account_id = base.account_id()
+            base.boundary.account = account_id
+            accounts.append(Account(account_id, base, Inventory(base, self.settings, account_id)))
+        for account_id, role_arn in roles.items():
+            if account_id in excluded:
+                continue
+            try:
                 aws = base.assume(role_arn)
-                account_id = role_arn.split(":")[4]
-                accounts.append(Account(account_id, aws, Inventory(aws, self.settings, account_id)))
+            except AwsError as exc:
+                errors.append(f"account {account_id}: cannot assume {role_arn}: {exc}")
+                continue
+            accounts.append(Account(account_id, aws, Inventory(aws, self.settings, account_id)))
+        self.account_errors = errors
+        if not errors:
             self._accounts = accounts
-        return self._accounts
+        return accounts
 
     def executor(self, account: Account, sweep_id: str | None = None, stop: threading.Event | None = None) -> Executor:
         return Executor(
@@ -173,7 +205,9 @@ class App:
         self.bus.emit(SweepStarted(sweep_id=report.sweep_id, dry_run=dry))
         budget = Budget(self.settings.safety.max_actions_per_sweep)
         try:
-            for account in self.accounts():
+            accounts = self.accounts()
+            report.errors.extend(self.account_errors)  # an unreachable account fails the sweep
+            for account in accounts:
                 if stop is not None and stop.is_set():
                     report.interrupted = True
                     break

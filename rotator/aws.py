@@ -19,14 +19,17 @@ import io
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 import botocore.config
+import botocore.credentials
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 
 from rotator import __version__
 from rotator.errors import (
@@ -65,6 +68,8 @@ _ERRORS: dict[str, type[AwsError]] = {
     "EntityAlreadyExists": ConflictError,
     "ConcurrentModification": ConflictError,
     "ConcurrentModificationException": ConflictError,
+    # DynamoDB: a conditional write lost (the lease is held by another replica).
+    "ConditionalCheckFailedException": ConflictError,
 }
 
 
@@ -115,6 +120,55 @@ class SecretSummary:
     arn: str
     tags: Mapping[str, str]
     versions: Mapping[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class OrgAccount:
+    """A member account as AWS Organizations lists it."""
+
+    account_id: str
+    arn: str
+    name: str
+    state: str  # ACTIVE | SUSPENDED | PENDING_CLOSURE | CLOSED
+
+    @property
+    def partition(self) -> str:
+        parts = self.arn.split(":")
+        return parts[1] if len(parts) > 1 and parts[1] else "aws"
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """The leader lease item of the coordination table."""
+
+    name: str
+    owner: str
+    expires: float  # epoch seconds
+
+
+_LOADER: list[botocore.loaders.Loader] = []
+_LOADER_LOCK = threading.Lock()
+
+
+def _shared_loader() -> botocore.loaders.Loader:
+    """One botocore model loader (and its cache) for the sessions of every assumed account."""
+    with _LOADER_LOCK:
+        if not _LOADER:
+            _LOADER.append(botocore.loaders.create_loader())
+        return _LOADER[0]
+
+
+class _Given(botocore.credentials.CredentialProvider):
+    """A credential provider that hands out credentials we already hold (refreshable ones)."""
+
+    METHOD = "sts-assume-role"
+
+    def __init__(self, credentials: botocore.credentials.Credentials) -> None:
+        super().__init__()
+        self._given = credentials
+
+    def load(self) -> botocore.credentials.Credentials:
+        return self._given
 
 
 class RateLimiter:
@@ -321,14 +375,30 @@ class Aws:
         return str(self.boundary.call("sts", "GetCallerIdentity")["Account"])
 
     def assume(self, role_arn: str, session_name: str = "iam-key-rotator") -> Aws:
-        """An :class:`Aws` for another account, through ``sts:AssumeRole``."""
-        creds = self.boundary.call("sts", "AssumeRole", RoleArn=role_arn, RoleSessionName=session_name)["Credentials"]
-        session = boto3.session.Session(
-            aws_access_key_id=creds["AccessKeyId"],
-            aws_secret_access_key=creds["SecretAccessKey"],
-            aws_session_token=creds["SessionToken"],
-            region_name=self.boundary.session.region_name,
+        """An :class:`Aws` for another account, through ``sts:AssumeRole``.
+
+        The first ``AssumeRole`` happens now (a failure raises here, per account); later ones renew the
+        temporary credentials before they expire (a daemon outlives their hour), through this boundary.
+        """
+
+        def fetch() -> dict[str, str]:
+            creds = self.boundary.call("sts", "AssumeRole", RoleArn=role_arn, RoleSessionName=session_name)[
+                "Credentials"
+            ]
+            return {
+                "access_key": creds["AccessKeyId"],
+                "secret_key": creds["SecretAccessKey"],
+                "token": creds["SessionToken"],
+                "expiry_time": _utc(creds["Expiration"]).isoformat(),
+            }
+
+        credentials = botocore.credentials.RefreshableCredentials.create_from_metadata(
+            metadata=fetch(), refresh_using=fetch, method="sts-assume-role"
         )
+        core = botocore.session.Session()
+        core.register_component("data_loader", _shared_loader())  # parse the API models once per process
+        core.register_component("credential_provider", botocore.credentials.CredentialResolver([_Given(credentials)]))
+        session = boto3.session.Session(botocore_session=core, region_name=self.boundary.session.region_name)
         account = role_arn.split(":")[4]
         boundary = Boundary(
             session,
@@ -338,6 +408,119 @@ class Aws:
             account=account,
         )
         return Aws(boundary, sleep=self.sleep, report_timeout=self.report_timeout)
+
+    # -- AWS Organizations (account discovery) ------------------------------------------------------
+
+    def org_accounts(self) -> list[OrgAccount]:
+        """Every account of the organization (``organizations:ListAccounts``), all pages or an error.
+
+        An organization always lists at least its management account, so an empty answer is an
+        error too (never read as "no accounts to manage").
+        """
+        accounts = self._org_account_pages("ListAccounts")
+        if not accounts:
+            raise AwsError(
+                "organizations:ListAccounts: no accounts listed (is the caller in an organization?)",
+                service="organizations",
+                operation="ListAccounts",
+            )
+        return accounts
+
+    def org_accounts_for_parent(self, parent_id: str) -> list[OrgAccount]:
+        """Accounts directly under a root or OU (``organizations:ListAccountsForParent``)."""
+        return self._org_account_pages("ListAccountsForParent", ParentId=parent_id)
+
+    def org_child_ous(self, parent_id: str) -> list[str]:
+        """Ids of the OUs directly under a root or OU (``organizations:ListChildren``)."""
+        ids: list[str] = []
+        for page in self.boundary.pages(
+            "organizations",
+            "ListChildren",
+            "NextToken",
+            "NextToken",
+            ParentId=parent_id,
+            ChildType="ORGANIZATIONAL_UNIT",
+        ):
+            ids.extend(str(child["Id"]) for child in page.get("Children", []))
+        return ids
+
+    def org_accounts_under(self, parent_ids: Sequence[str]) -> list[OrgAccount]:
+        """Accounts under the given roots/OUs and every OU nested below them, each once."""
+        seen_parents: set[str] = set()
+        found: dict[str, OrgAccount] = {}
+        todo = list(parent_ids)
+        while todo:
+            parent = todo.pop(0)
+            if parent in seen_parents:
+                continue
+            seen_parents.add(parent)
+            for account in self.org_accounts_for_parent(parent):
+                found.setdefault(account.account_id, account)
+            todo.extend(self.org_child_ous(parent))
+        return list(found.values())
+
+    def _org_account_pages(self, operation: str, **params: Any) -> list[OrgAccount]:
+        out: list[OrgAccount] = []
+        for page in self.boundary.pages("organizations", operation, "NextToken", "NextToken", **params):
+            for item in page.get("Accounts", []):
+                out.append(
+                    OrgAccount(
+                        account_id=str(item["Id"]),
+                        arn=str(item.get("Arn", "")),
+                        name=str(item.get("Name", "")),
+                        # ``State`` replaces the deprecated ``Status`` (both ACTIVE for live accounts).
+                        state=str(item.get("State") or item.get("Status") or "UNKNOWN"),
+                    )
+                )
+        return out
+
+    # -- DynamoDB (leader lease) -----------------------------------------------------------------
+
+    def get_lease(self, table: str, name: str) -> LeaseRecord | None:
+        """The lease item, read consistently (``dynamodb:GetItem``); None when nobody holds it."""
+        item = self.boundary.call(
+            "dynamodb", "GetItem", TableName=table, Key={"name": {"S": name}}, ConsistentRead=True
+        ).get("Item")
+        if not item:
+            return None
+        try:
+            return LeaseRecord(
+                name=str(item["name"]["S"]),
+                owner=str(item.get("owner", {}).get("S", "")),
+                expires=float(item.get("expires", {}).get("N", "0")),
+            )
+        except (KeyError, TypeError, ValueError):
+            return LeaseRecord(name=name, owner="", expires=0.0)  # a malformed item counts as expired
+
+    def put_lease(self, table: str, name: str, owner: str, expires: float, now: float) -> None:
+        """Take or renew the lease (``dynamodb:PutItem``) if it is free, ours, or expired at ``now``.
+
+        Raises :class:`~rotator.errors.ConflictError` when another owner holds an unexpired lease.
+        """
+        self.boundary.call(
+            "dynamodb",
+            "PutItem",
+            TableName=table,
+            Item={"name": {"S": name}, "owner": {"S": owner}, "expires": {"N": _epoch_number(expires)}},
+            ConditionExpression="attribute_not_exists(#name) OR #owner = :me OR #expires < :now",
+            ExpressionAttributeNames={"#name": "name", "#owner": "owner", "#expires": "expires"},
+            ExpressionAttributeValues={":me": {"S": owner}, ":now": {"N": _epoch_number(now)}},
+        )
+
+    def delete_lease(self, table: str, name: str, owner: str) -> None:
+        """Give the lease up (``dynamodb:DeleteItem``) if ``owner`` still holds it.
+
+        Raises :class:`~rotator.errors.ConflictError` when someone else holds it (nothing to give up).
+        """
+        self.boundary.call(
+            "dynamodb",
+            "DeleteItem",
+            TableName=table,
+            Key={"name": {"S": name}},
+            ConditionExpression="#owner = :me",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={":me": {"S": owner}},
+        )
 
     # -- IAM reads -----------------------------------------------------------------------------
 
@@ -543,6 +726,11 @@ def _summary(item: Mapping[str, Any], versions: Mapping[str, list[str]]) -> Secr
         tags={tag["Key"]: tag["Value"] for tag in item.get("Tags", []) or []},
         versions={version: tuple(stages) for version, stages in versions.items() if stages},
     )
+
+
+def _epoch_number(value: float) -> str:
+    """A DynamoDB number for epoch seconds, millisecond precision."""
+    return f"{value:.3f}"
 
 
 def session_from_environment() -> boto3.session.Session:

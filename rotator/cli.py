@@ -278,6 +278,13 @@ def _sweep(app: Any, *, dry_run: bool) -> int:
 
 
 def _rotate(app: Any, users: list[str], *, revoke: bool) -> int:
+    if app.settings.safety.dry_run:
+        print(
+            "rotator: safety.dry_run is on: nothing rotated "
+            "(for this command only: ROTATOR_SAFETY__DRY_RUN=false rotator rotate ...)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     status = EXIT_OK
     for user, outcome, error in app.rotate(users, revoke=revoke):
         rotated = outcome is not None and any(s.action is Action.ROTATE for s in outcome.done)

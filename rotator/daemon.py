@@ -15,10 +15,12 @@ overran ``DaemonTiming.stop_timeout`` (every step is crash-safe, so even that lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
+import select
 import signal
 import socket
 import sys
@@ -114,6 +116,7 @@ class SweepSummary:
     result: str
     dry_run: bool
     duration_seconds: float
+    users: int = 0
     rotated: int = 0
     disabled: int = 0
     deleted: int = 0
@@ -128,6 +131,7 @@ class SweepSummary:
             "result": self.result,
             "dry_run": self.dry_run,
             "duration_seconds": self.duration_seconds,
+            "users": self.users,
             "rotated": self.rotated,
             "disabled": self.disabled,
             "deleted": self.deleted,
@@ -169,6 +173,11 @@ class Daemon:
         self._sweep_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # The kernel may deliver a signal to any thread; the C-level handler then writes to this
+        # socket, which wakes the main thread (a main thread blocked on a lock would sleep through).
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
         self._heartbeat_at: float | None = None
         self._progress_at = monotonic()
         self._sweeping_since: float | None = None
@@ -204,6 +213,7 @@ class Daemon:
                 result=event.result,
                 dry_run=event.dry_run,
                 duration_seconds=event.duration_seconds,
+                users=event.users,
                 rotated=event.rotated,
                 disabled=event.disabled,
                 deleted=event.deleted,
@@ -433,12 +443,27 @@ class Daemon:
     # -- signals and the main loop ---------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        # SimpleQueue.put is reentrant: safe in a signal handler (a lock-based Event is not).
+        # Runs in the main thread. SimpleQueue.put is reentrant: safe in a signal handler.
         self._signals.put(signum)
 
     def install_signal_handlers(self) -> None:
+        """Call from the main thread, before any other thread starts."""
+        signal.set_wakeup_fd(self._wake_writer.fileno())
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+
+    def _next_signal(self) -> int:
+        """Block until a signal (or request_stop) arrives; no polling."""
+        while True:
+            try:
+                return self._signals.get_nowait()
+            except queue.Empty:
+                pass
+            # Returning to Python after select runs any pending handler before the next get_nowait.
+            select.select([self._wake_reader], [], [])
+            with contextlib.suppress(BlockingIOError):
+                while self._wake_reader.recv(512):
+                    pass
 
     def run(self) -> int:
         """Start the scheduler, wait for signals, stop cleanly. Returns the exit code."""
@@ -457,7 +482,7 @@ class Daemon:
         )
         reason = "signal"
         while True:
-            signum = self._signals.get()
+            signum = self._next_signal()
             if signum == signal.SIGHUP:
                 log.info("daemon.reload_requested", signal="SIGHUP")
                 self.reload()
@@ -477,6 +502,7 @@ class Daemon:
             self._server.shutdown()
             self._server.server_close()
         self.notifier.close()
+        self._close_wakeup()
         if not finished:
             log.error(
                 "daemon.stop_timeout",
@@ -488,8 +514,16 @@ class Daemon:
         return EXIT_OK
 
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
-        """What a SIGTERM does, for embedders and tests."""
+        """What a SIGTERM does, for embedders and tests (any thread)."""
         self._signals.put(signum)
+        with contextlib.suppress(OSError):  # already closed: the daemon is stopping anyway
+            self._wake_writer.send(b"\0")
+
+    def _close_wakeup(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(-1)
+        self._wake_reader.close()
+        self._wake_writer.close()
 
     def _describe_schedule(self) -> str:
         schedule = self.app.settings.schedule

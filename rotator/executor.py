@@ -63,6 +63,7 @@ from rotator.model import (
     TAG_PREVIOUS_CREATED,
     TAG_PREVIOUS_KEY,
     TAG_PUBLISHED_AT,
+    USER_TAG_ROTATION_KEYS,
     USER_TAG_ROTATION_STARTED,
     AccessKey,
     Action,
@@ -320,7 +321,10 @@ class Executor:
         self.aws.tag_secret(state.secret.name, {TAG_DISABLED_KEY: key_id, TAG_DISABLED_AT: _iso(self.clock())})
 
     def _start(self, state: UserState) -> NewKey:
-        self.aws.tag_user(state.user, {USER_TAG_ROTATION_STARTED: _iso(self.clock())})
+        # The mark also names the keys that exist now: a key created shortly *before* the mark (an
+        # operator's key for a new user, bootstrapped at once) must never pass for our orphan.
+        existing = " ".join(sorted(k.key_id for k in state.keys))
+        self.aws.tag_user(state.user, {USER_TAG_ROTATION_STARTED: _iso(self.clock()), USER_TAG_ROTATION_KEYS: existing})
         key = self.aws.create_access_key(state.user)
         self.emit(KeyCreated(account=state.account, user=state.user, key_id=key.key_id, sweep_id=self.sweep_id))
         return key
@@ -383,7 +387,18 @@ class Executor:
     ) -> None:
         old_version = state.secret.version_with(AWSCURRENT)
         self.aws.move_stage(state.secret.name, AWSCURRENT, to_version=version, from_version=old_version)
-        self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version)
+        try:
+            self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version)
+        except AwsError as exc:
+            # A concurrent run that read the secret between our two moves saw AWSCURRENT on a version
+            # still labelled AWSPENDING (what a crash here leaves) and removed the label itself
+            # (``_repair``): Secrets Manager then rejects our removal, yet its goal holds - carry on
+            # and finish the publication rather than fail it half-recorded.
+            if exc.code != "InvalidParameterException":
+                raise
+            summary = self.aws.describe_secret(state.secret.name)
+            if summary is None or AWSPENDING in summary.versions.get(version, ()):
+                raise
         tags = {TAG_CURRENT_KEY: key.key_id, TAG_CURRENT_CREATED: _iso(key.created)}
         if replaced is not None:
             tags.update({TAG_PREVIOUS_KEY: replaced.key_id, TAG_PREVIOUS_CREATED: _iso(replaced.created)})
@@ -421,7 +436,7 @@ class Executor:
 
     def _finish(self, state: UserState) -> None:
         try:
-            self.aws.untag_user(state.user, [USER_TAG_ROTATION_STARTED])
+            self.aws.untag_user(state.user, [USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS])
         except AwsError:
             return  # a stale mark only narrows what counts as foreign; never worth failing for
 
@@ -475,9 +490,18 @@ class Executor:
         needed = repairs_needed(state, policy)
         try:
             if needed.published_key is not None:
-                self.aws.tag_secret(
-                    state.secret.name, {TAG_CURRENT_KEY: needed.published_key, TAG_PUBLISHED_AT: _iso(now)}
-                )
+                tags = {TAG_CURRENT_KEY: needed.published_key, TAG_PUBLISHED_AT: _iso(now)}
+                # Also the ids and creation dates the interrupted publication never wrote: left stale,
+                # the inventory's credential-report fast path pairs report slots with key ids by
+                # these dates and would lend the new key the old key's age.
+                roles = classify(state, policy)
+                for key, id_tag, created_tag in (
+                    (roles.current, TAG_CURRENT_KEY, TAG_CURRENT_CREATED),
+                    (roles.previous, TAG_PREVIOUS_KEY, TAG_PREVIOUS_CREATED),
+                ):
+                    if key is not None:
+                        tags.update({id_tag: key.key_id, created_tag: _iso(key.created)})
+                self.aws.tag_secret(state.secret.name, tags)
                 self.emit(
                     RecordRepaired(
                         account=state.account,

@@ -35,6 +35,7 @@ from rotator.model import (
     AWSPREVIOUS,
     TAG_CURRENT_CREATED,
     TAG_CURRENT_KEY,
+    TAG_DISABLED_KEY,
     TAG_MANAGED,
     TAG_PREVIOUS_CREATED,
     TAG_PREVIOUS_KEY,
@@ -213,6 +214,8 @@ class Inventory:
             created = _parse_time(
                 summary.tags.get(TAG_CURRENT_CREATED if key_id == current_id else TAG_PREVIOUS_CREATED)
             )
+            if slot.active and key_id == summary.tags.get(TAG_DISABLED_KEY):
+                return None  # the report predates our own disable (IAM serves one up to 4h old)
             status = KeyStatus.ACTIVE if slot.active else KeyStatus.INACTIVE
             keys.append(AccessKey(key_id, status, created or created_by_id[key_id], slot.last_used))
         if current_id not in {k.key_id for k in keys} or len({k.key_id for k in keys}) != len(keys):

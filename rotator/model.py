@@ -34,6 +34,9 @@ TAG_PREVIOUS_CREATED = "rotator:previous-key-created"
 TAG_DISABLED_KEY = "rotator:disabled-key-id"
 TAG_DISABLED_AT = "rotator:disabled-at"
 USER_TAG_ROTATION_STARTED = "rotator:rotation-started"
+#: Written with the mark: the (space-separated) ids of the keys that existed before CreateAccessKey.
+#: None of them can be the rotation's orphan, however close its CreateDate is to the mark.
+USER_TAG_ROTATION_KEYS = "rotator:rotation-keys"
 
 # Per-user policy overrides (IAM user tags).
 USER_TAG_MAX_KEY_AGE = "rotator:max-key-age"

@@ -27,6 +27,7 @@ from rotator.model import (
     AWSPREVIOUS,
     TAG_CURRENT_KEY,
     TAG_PREVIOUS_KEY,
+    USER_TAG_ROTATION_KEYS,
     AccessKey,
     Action,
     EffectivePolicy,
@@ -91,6 +92,11 @@ def is_provable_orphan(key: AccessKey, state: UserState, policy: EffectivePolicy
     """
     started = state.rotation_started
     if started is None:
+        return False
+    # A key that already existed when the mark was written is not the rotation's own, however
+    # close its CreateDate lies to the mark (the window is symmetric for clock skew, so without this
+    # a key created up to validation_timeout *before* the mark would be deleted as an orphan).
+    if key.key_id in state.tags.get(USER_TAG_ROTATION_KEYS, "").split():
         return False
     return abs(key.created - started) <= policy.validation_timeout
 
@@ -185,7 +191,9 @@ class _Planner:
         pending = roles.pending
         if pending is not None:
             due = _after(pending.created, window)
-            if self.now >= due:
+            # Not while another run's new key is still in flight: publishing the pending key would
+            # race that run's own publication (I8). The skip below reports it; the next sweep resumes.
+            if self.now >= due and not in_flight:
                 self.step(
                     Action.ROTATE,
                     pending,
@@ -303,6 +311,8 @@ class _Planner:
                 f"rotation due but previous key {roles.previous.key_id} still exists: waits for its deletion",
                 due,
             )
+            # Still a rotation due (and overdue): the next-action gauge keeps saying so for alerts.
+            self.later(Action.ROTATE, current, due)
             return
         self.rotate_with_slot(roles, free_slots, "key older than max_key_age", due, replaced=current)
 
@@ -323,6 +333,7 @@ class _Planner:
         if free_slots < 1:
             blockers = ", ".join(k.key_id for k in roles.foreign) or "keys of the user"
             self.step(Action.SKIP, replaced, f"rotation due but no free key slot (held by {blockers})", due)
+            self.later(Action.ROTATE, replaced, due)
             return
         self.step(Action.ROTATE, replaced, reason, due)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -198,7 +200,7 @@ def run_cli(
     args: list[str], aws: AwsEnv, config: Path | None = None, timeout: float = 120, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
     """Run ``rotator`` as a subprocess against the moto server."""
-    argv = [sys.executable, "-m", "rotator.cli"]
+    argv = cli_argv()  # `python -m rotator.cli`, through the call recorder (see the end of this file)
     if config is not None:
         argv += ["--config", str(config)]
     env = aws.env
@@ -211,3 +213,55 @@ def assert_no_secrets(texts: list[str], secrets: list[str]) -> None:
     for secret in secrets:
         for text in texts:
             assert secret not in text, "a secret access key leaked into output"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Recording the AWS operations the rotator sends (deploy/iam least privilege; tests/record_calls.py).
+# run_cli starts the CLI through tests/record_calls.py, which behaves like `python -m rotator.cli` and, with
+# $RECORD_AWS_CALLS_FILE set, appends every AWS call the process sends to that file. The whole session records
+# into one file; at the end its operations are listed and any the IAM policy does not allow fails the run.
+# tests/deploy/test_iam_least_privilege.py makes its own recording, independent of which tests ran.
+
+RECORD_CALLS = ROOT / "tests" / "record_calls.py"
+IAM_POLICY = ROOT / "deploy" / "iam" / "rotator-policy.json"
+_SESSION_CALLS = pytest.StashKey[tuple[set[str], set[str]]]()
+_OWN_RECORD_DIR: list[Path] = []  # the session's temporary directory, removed at the end
+
+
+def cli_argv() -> list[str]:
+    """argv prefix that runs the rotator CLI like ``python -m rotator.cli``, recording its AWS calls."""
+    return [sys.executable, str(RECORD_CALLS)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist workers inherit the controller's variable, so every process appends to the same file.
+    from record_calls import RECORD_ENV  # noqa: PLC0415 - tests/ is on sys.path once this conftest loads
+
+    if not os.environ.get(RECORD_ENV):  # set by hand, the file is kept
+        _OWN_RECORD_DIR.append(Path(tempfile.mkdtemp(prefix="rotator-calls-")))
+        os.environ[RECORD_ENV] = str(_OWN_RECORD_DIR[0] / "calls.jsonl")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from record_calls import RECORD_ENV, operations, policy_actions, read_calls  # noqa: PLC0415
+
+    if hasattr(session.config, "workerinput"):
+        return  # the controller reports for all workers
+    seen = operations(read_calls(os.environ.get(RECORD_ENV, "")))
+    outside = seen - policy_actions(json.loads(IAM_POLICY.read_text(encoding="utf-8")))
+    session.config.stash[_SESSION_CALLS] = (seen, outside)
+    for directory in _OWN_RECORD_DIR:
+        shutil.rmtree(directory, ignore_errors=True)
+    if outside:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    seen, outside = config.stash.get(_SESSION_CALLS, (set(), set()))
+    if seen:
+        terminalreporter.write_sep("-", f"AWS operations the rotator sent ({len(seen)})")
+        terminalreporter.write_line(" ".join(sorted(seen)))
+    if outside:
+        terminalreporter.write_line(
+            f"NOT allowed by {IAM_POLICY.relative_to(ROOT)}: {' '.join(sorted(outside))}", red=True
+        )

@@ -1,0 +1,319 @@
+"""Benchmark of ``rotator plan``: AWS calls per managed user, wall time and peak RSS, beside a naive baseline.
+
+Everything runs locally against this script's own ``moto_server`` subprocess (stopped at the end), in two
+shapes of account, each with ``--users`` managed users plus ``--unmanaged`` others:
+
+* **steady** - every managed user has a secret holding its one young key, exactly as the executor leaves
+  it: the users are seeded without keys and the real rotator bootstraps them (an in-process
+  ``App.sweep()`` with the rate limit lifted), then the plan is measured;
+* **due** - every managed user has one key and no secret, so a bootstrap rotation is due for each.
+
+Each measured plan runs in a child process of its own, so "peak RSS" is that run's own high-water mark
+(``ru_maxrss``; ``+plan`` is what the plan added to the child's footprint after imports). AWS calls
+come from ``rotator_aws_api_calls_total`` of a fresh Prometheus registry. The naive baseline, in the
+same run against the same server: ``ListUsers`` (all pages), ``ListUserTags`` per user under the path
+(selection), ``ListAccessKeys`` per managed user and ``GetAccessKeyLastUsed`` per key - and it does not
+even look at Secrets Manager. Both run with the client-side rate limit lifted, so wall time is work,
+not throttling. moto ignores ``MaxItems`` on ``ListUsers`` and ``GetAccountAuthorizationDetails`` (one
+page each here); real IAM pages those at 1000 (rotator) and 100 (naive default) users.
+
+Usage: ``python benchmarks/inventory.py [--users 1000] [--unmanaged 100]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REGION = "us-east-1"
+MOTO_KEY = "testing"  # moto accepts any credentials
+PATH = "/svc/"
+CONFIG = """\
+policy: {max_key_age: 90d, grace_period: 7d, retention: 7d}
+selection: {path_prefix: /svc/, tag: {key: rotator, value: enabled}}
+safety: {max_actions_per_sweep: 1000000}
+aws: {max_calls_per_second: 1000000, validation_timeout: 60s}
+"""
+
+
+# -- the emulator ----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MotoServer:
+    """A ``moto_server`` subprocess on 127.0.0.1 (as in tests/conftest.py)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=1):  # noqa: S310
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise SystemExit("moto_server did not start")
+
+    def reset(self) -> None:
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=30):  # noqa: S310
+            pass
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def aws_env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ROTATOR_"))}
+    env.update(
+        {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": MOTO_KEY,
+            "AWS_SECRET_ACCESS_KEY": MOTO_KEY,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+    )
+    return env
+
+
+# -- seeding ---------------------------------------------------------------------------------------------
+
+
+def seed(url: str, users: int, unmanaged: int, keys: int) -> None:
+    import boto3  # noqa: PLC0415 - the parent only needs boto3 for seeding
+
+    iam = boto3.client(
+        "iam", endpoint_url=url, region_name=REGION, aws_access_key_id=MOTO_KEY, aws_secret_access_key=MOTO_KEY
+    )
+
+    def one(index: int) -> None:
+        managed = index < users
+        name = f"svc-{index:05d}" if managed else f"other-{index:05d}"
+        tags = [{"Key": "rotator", "Value": "enabled"}] if managed else [{"Key": "team", "Value": "x"}]
+        iam.create_user(UserName=name, Path=PATH, Tags=tags)
+        for _ in range(keys):
+            iam.create_access_key(UserName=name)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(users + unmanaged)))
+
+
+def bootstrap(url: str, config: Path) -> tuple[int, float]:
+    """Bring every managed user to the steady state with the real rotator: one sweep, in-process."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from rotator.app import App  # noqa: PLC0415
+    from rotator.config import load_settings  # noqa: PLC0415
+    from rotator.model import Action  # noqa: PLC0415
+
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(aws_env(url))
+    try:
+        started = time.perf_counter()
+        report = App(load_settings(str(config)), registry=CollectorRegistry(), log=False).sweep()
+        elapsed = time.perf_counter() - started
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    if report.failed:
+        raise SystemExit(f"bootstrap sweep failed: {report.errors or report.failed}")
+    return report.count(Action.ROTATE), elapsed
+
+
+# -- the measured runs (child processes) -----------------------------------------------------------------
+
+
+def rss_mib() -> float:
+    """This process's peak resident set size so far, in MiB.
+
+    ``VmHWM`` belongs to this process image; ``ru_maxrss`` would not do in a child, as Linux carries it
+    over from the (larger) parent across fork and exec.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+
+
+def child_rotator(config: str) -> dict[str, Any]:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from rotator.app import App  # noqa: PLC0415
+    from rotator.config import load_settings  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    app = App(load_settings(config), registry=registry, log=False)
+    base = rss_mib()
+    started = time.perf_counter()
+    views = app.plan()
+    wall = time.perf_counter() - started
+    calls: Counter[str] = Counter()
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == "rotator_aws_api_calls_total" and sample.labels["outcome"] != "throttled":
+                calls[sample.labels["operation"]] += int(sample.value)
+    actions = Counter(step.action.value for view in views for plan in view.plans for step in plan.steps)
+    managed = sum(len(view.states) for view in views)
+    return {"managed": managed, "calls": dict(calls), "wall": wall, "rss": rss_mib(), "base": base, "actions": actions}
+
+
+def child_naive() -> dict[str, Any]:
+    import boto3  # noqa: PLC0415
+
+    iam = boto3.client("iam")
+    calls: Counter[str] = Counter()
+    iam.meta.events.register("before-call", lambda model, **_: calls.update([model.name]))
+    base = rss_mib()
+    started = time.perf_counter()
+    users: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"PathPrefix": PATH}
+    while True:
+        page = iam.list_users(**params)
+        users.extend(page["Users"])
+        if not page.get("IsTruncated"):
+            break
+        params["Marker"] = page["Marker"]
+    managed = 0
+    inventory: dict[str, list[tuple[str, str, Any]]] = {}
+    for user in users:
+        name = user["UserName"]
+        tags = {t["Key"]: t["Value"] for t in iam.list_user_tags(UserName=name)["Tags"]}
+        if tags.get("rotator") != "enabled" or tags.get("rotator:exclude", "").lower() == "true":
+            continue
+        managed += 1
+        keys = iam.list_access_keys(UserName=name)["AccessKeyMetadata"]
+        inventory[name] = [
+            (
+                key["AccessKeyId"],
+                key["Status"],
+                iam.get_access_key_last_used(AccessKeyId=key["AccessKeyId"])["AccessKeyLastUsed"].get("LastUsedDate"),
+            )
+            for key in keys
+        ]
+    wall = time.perf_counter() - started
+    return {"managed": managed, "calls": dict(calls), "wall": wall, "rss": rss_mib(), "base": base, "actions": {}}
+
+
+def measure(kind: str, url: str, config: Path) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--child", kind, "--config", str(config)]
+    result = subprocess.run(argv, env=aws_env(url), capture_output=True, text=True, check=False, timeout=1800)
+    if result.returncode != 0:
+        raise SystemExit(f"{kind} child failed:\n{result.stderr[-3000:]}")
+    measured: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return measured
+
+
+# -- driver ----------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1000, help="managed users (default 1000)")
+    parser.add_argument("--unmanaged", type=int, default=None, help="other users (default users/10)")
+    parser.add_argument("--child", choices=["rotator", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "rotator":
+        print(json.dumps(child_rotator(args.config)))
+        return 0
+    if args.child == "naive":
+        print(json.dumps(child_naive()))
+        return 0
+
+    unmanaged = args.users // 10 if args.unmanaged is None else args.unmanaged
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    notes: list[str] = []
+    server = MotoServer()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "rotator.yaml"
+            config.write_text(CONFIG)
+            for shape in ("steady", "due"):
+                server.reset()
+                started = time.perf_counter()
+                seed(server.url, args.users, unmanaged, keys=0 if shape == "steady" else 1)
+                notes.append(f"{shape}: seeded {args.users}+{unmanaged} users in {time.perf_counter() - started:.1f}s")
+                if shape == "steady":
+                    rotated, elapsed = bootstrap(server.url, config)
+                    notes.append(f"steady: the rotator bootstrapped {rotated} users in one sweep of {elapsed:.1f}s")
+                for kind in ("rotator", "naive"):
+                    rows.append((shape, kind, measure(kind, server.url, config)))
+    finally:
+        server.stop()
+
+    header = ("shape", "plan by", "managed", "AWS calls", "calls/user", "wall s", "peak RSS MiB", "+plan MiB")
+    table = [header]
+    for shape, kind, m in rows:
+        total = sum(m["calls"].values())
+        table.append(
+            (
+                shape,
+                "rotator" if kind == "rotator" else "naive baseline",
+                str(m["managed"]),
+                str(total),
+                f"{total / max(m['managed'], 1):.3f}",
+                f"{m['wall']:.2f}",
+                f"{m['rss']:.0f}",
+                f"{m['rss'] - m['base']:.0f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    print(f"rotator plan vs naive baseline: {args.users} managed + {unmanaged} unmanaged users (moto_server)")
+    for index, row in enumerate(table):
+        print(
+            "  ".join(
+                cell.rjust(w) if i >= 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if index == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    for shape, kind, m in rows:
+        ops = ", ".join(f"{op} {n}" for op, n in sorted(m["calls"].items(), key=lambda item: -item[1]))
+        acts = ", ".join(f"{a} {n}" for a, n in sorted(m["actions"].items())) or "-"
+        print(f"{shape:6} {kind:7} calls: {ops}")
+        if kind == "rotator":
+            print(f"{'':14} planned: {acts}")
+    for note in notes:
+        print(note)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

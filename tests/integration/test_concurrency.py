@@ -1,0 +1,227 @@
+"""Two at once (issue 3, SPEC I8): concurrent rotator processes never create two keys for one due key.
+
+50 due users - half of them bootstrap (one key, no secret), half due for an ordinary rotation
+(secret whose only key is older than ``max_key_age``) - are swept by two ``rotator sweep`` processes
+started together, then staggered by 0.3 s, and by a ``rotator rotate`` of every user racing a sweep.
+Across both processes' JSON logs each user gets exactly one ``rotation.key_created`` and exactly one
+``rotation.published``; the losers report skips, not crashes; and after the in-flight window a
+further sweep finds nothing to clean up (no orphans, I3) and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, AwsEnv, assert_no_secrets, run_cli
+
+CRASHER = ROOT / "tests" / "crashing_rotator.py"
+BOOTSTRAP_USERS = [f"boot-{n:02d}" for n in range(25)]
+ROTATION_USERS = [f"rot-{n:02d}" for n in range(25)]
+USERS = BOOTSTRAP_USERS + ROTATION_USERS
+# Seconds. Generous for the racing processes: two of them with 8 worker threads each share 2 cores,
+# and a rotation that overruns it withdraws its key (a failure, not a lost race).
+VALIDATION_TIMEOUT = 30
+# The further sweep runs after both racers exited, so nothing can be in flight any more: it uses a
+# short validation_timeout and waits out that in-flight window (2 s) instead of a minute.
+FURTHER_TIMEOUT = 1
+IN_FLIGHT_WINDOW = 2 * FURTHER_TIMEOUT
+
+# Tolerated reasons for a `rotate` that lost a user to the racing sweep (exit 1, never a crash).
+LOST_RACE = (
+    "key limit reached: a concurrent rotation won",
+    "a rotation is in flight",
+    "leaves only on its own schedule",
+)
+
+
+def config(tmp_path: Path, name: str, max_key_age: str, validation_timeout: int = VALIDATION_TIMEOUT) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        "policy:\n"
+        f"  max_key_age: {max_key_age}\n"
+        "  grace_period: 1h\n"
+        "  retention: 1h\n"
+        "  disable_guard: ignore\n"
+        "aws:\n"
+        f"  validation_timeout: {validation_timeout}s\n"
+        "  max_calls_per_second: 1000\n"
+    )
+    return path
+
+
+@dataclass
+class Proc:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.stderr.splitlines():
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                events.append(value)
+        return events
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == name]
+
+    def describe(self) -> str:
+        return f"{self.argv[3:]} -> {self.returncode}\n{self.stdout[-2000:]}\n{self.stderr[-4000:]}"
+
+
+def start(aws: AwsEnv, cfg: Path, args: list[str]) -> tuple[list[str], subprocess.Popen[str]]:
+    argv = [sys.executable, "-m", "rotator.cli", "--config", str(cfg), *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=aws.env, cwd=ROOT)
+    return argv, proc
+
+
+def finish(started: tuple[list[str], subprocess.Popen[str]]) -> Proc:
+    argv, proc = started
+    stdout, stderr = proc.communicate(timeout=180)
+    return Proc(argv, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture
+def due_users(aws: AwsEnv, tmp_path: Path) -> dict[str, str]:
+    """50 managed users due for rotation; returns user -> the key that is due."""
+    for user in ROTATION_USERS:
+        aws.user(user, keys=0)
+    setup = run_cli(["sweep"], aws, config(tmp_path, "setup", "1h"))  # their first key and secret
+    assert setup.returncode == 0, setup.stderr[-3000:]
+    due = {user: next(iter(aws.keys(user))) for user in ROTATION_USERS}
+    for user in BOOTSTRAP_USERS:
+        (due[user],) = aws.user(user, keys=1)
+    time.sleep(1.1)  # every key is now older than the race config's max_key_age (1 s)
+    return due
+
+
+def assert_one_rotation_each(aws: AwsEnv, tmp_path: Path, due: dict[str, str], procs: list[Proc]) -> None:
+    """I8 and I3 across the racing processes' logs and the final AWS state."""
+    for proc in procs:
+        assert "Traceback" not in proc.stderr, proc.describe()
+        assert not proc.named("action.failed"), proc.describe()
+    created = [e for proc in procs for e in proc.named("rotation.key_created")]
+    published = [e for proc in procs for e in proc.named("rotation.published")]
+    created_per_user = Counter(e["user"] for e in created)
+    published_per_user = Counter(e["user"] for e in published)
+    assert {u: n for u, n in created_per_user.items() if n != 1} == {}, "a user got two new keys (I8)"
+    assert set(created_per_user) == set(USERS), f"not rotated: {set(USERS) - set(created_per_user)}"
+    assert published_per_user == Counter(USERS), published_per_user
+    new_key = {e["user"]: e["key_id"] for e in created}
+    assert {e["user"]: e["key_id"] for e in published} == new_key
+
+    for user in USERS:
+        assert aws.keys(user) == {due[user]: "Active", new_key[user]: "Active"}, user
+        assert aws.secret(user)["AccessKeyId"] == new_key[user], user
+        stages = aws.stages(user)
+        assert not any("AWSPENDING" in s for s in stages.values()), (user, stages)
+
+    # After the in-flight window a further sweep has nothing to clean up and changes nothing.
+    time.sleep(IN_FLIGHT_WINDOW + 0.2)
+    further_config = config(tmp_path, "further", "1s", FURTHER_TIMEOUT)
+    argv = [sys.executable, str(CRASHER), "0", "--config", str(further_config), "sweep"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=aws.env, timeout=180, cwd=ROOT, check=False)
+    further = Proc(argv, done.returncode, done.stdout, done.stderr)
+    assert further.returncode == 0, further.describe()
+    (trace,) = further.named("crashing_rotator.mutating_calls")
+    assert trace["operations"] == [], further.describe()
+    assert not further.named("key.orphan_deleted")
+    for user in USERS:
+        assert aws.keys(user) == {due[user]: "Active", new_key[user]: "Active"}, user
+    assert_no_secrets([text for proc in [*procs, further] for text in (proc.stdout, proc.stderr)], aws.created_secrets)
+
+
+@pytest.mark.parametrize("stagger", [0.0, 0.3], ids=["together", "staggered"])
+def test_two_sweeps(stagger: float, aws: AwsEnv, tmp_path: Path, due_users: dict[str, str]) -> None:
+    race = config(tmp_path, "race", "1s")
+    first = start(aws, race, ["sweep"])
+    time.sleep(stagger)
+    second = start(aws, race, ["sweep"])
+    procs = [finish(first), finish(second)]
+    for proc in procs:
+        # A loser (LimitExceeded, a rotation in flight) skips the user: not a failure, not a crash.
+        assert proc.returncode == 0, proc.describe()
+    assert_one_rotation_each(aws, tmp_path, due_users, procs)
+
+
+def test_rotate_races_sweep(aws: AwsEnv, tmp_path: Path, due_users: dict[str, str]) -> None:
+    race = config(tmp_path, "race", "1s")
+    # The sweep works through the users in name order, `rotate` in reverse: they meet in the middle.
+    rotate = start(aws, race, ["rotate", *reversed(USERS)])
+    sweeping = start(aws, race, ["sweep"])
+    forced, swept = finish(rotate), finish(sweeping)
+    assert swept.returncode == 0, swept.describe()
+    assert forced.returncode in (0, 1), forced.describe()
+    lost = [line for line in forced.stderr.splitlines() if "not rotated" in line]
+    rotated = [line for line in forced.stdout.splitlines() if line.endswith(": rotated")]
+    assert len(lost) + len(rotated) == len(USERS), forced.describe()
+    assert (forced.returncode == 1) == bool(lost)
+    for line in lost:
+        assert any(reason in line for reason in LOST_RACE), line
+    assert_one_rotation_each(aws, tmp_path, due_users, [forced, swept])
+
+
+def test_sweep_during_a_publication(aws: AwsEnv, tmp_path: Path) -> None:
+    """A sweep that finds a publication half done leaves the publishing run to finish it.
+
+    The first run is held right after it moved ``AWSCURRENT`` (``AWSPENDING`` still on the new
+    version, the secret's records not yet written: exactly what a crash there looks like), and a second
+    sweep runs meanwhile; it may complete the records, but the first run must still finish its
+    publication: one ``rotation.published``, both exit 0, a consistent secret.
+    """
+    user = "rot-00"
+    aws.user(user, keys=0)
+    setup = run_cli(["sweep"], aws, config(tmp_path, "setup", "1h"))
+    assert setup.returncode == 0, setup.stderr[-3000:]
+    (old,) = aws.keys(user)
+    time.sleep(1.1)
+    race = config(tmp_path, "race", "1s")
+
+    release = tmp_path / "release"
+    argv = [sys.executable, str(CRASHER), "4", "--config", str(race), "sweep"]
+    env = {**aws.env, "CRASHING_ROTATOR_HOLD": str(release)}
+    slow = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    assert slow.stderr is not None
+    head: list[str] = []
+    while not head or "crashing_rotator.paused" not in head[-1]:
+        line = slow.stderr.readline()
+        assert line, "".join(head)[-3000:]
+        head.append(line)
+    (paused,) = Proc(argv, 0, "", head[-1]).named("crashing_rotator.paused")
+    assert paused["operation"] == "UpdateSecretVersionStage"
+    (labels,) = [s for s in aws.stages(user).values() if "AWSCURRENT" in s]
+    assert "AWSPENDING" in labels, "held right after AWSCURRENT moved onto the pending version"
+
+    done = run_cli(["sweep"], aws, race)
+    other = Proc(done.args, done.returncode, done.stdout, done.stderr)
+    release.touch()
+    stdout, stderr = slow.communicate(timeout=120)
+    first = Proc(argv, slow.returncode, stdout, "".join(head) + stderr)
+
+    assert other.returncode == 0, other.describe()
+    assert first.returncode == 0, first.describe()
+    published = [e for proc in (first, other) for e in proc.named("rotation.published")]
+    (created,) = first.named("rotation.key_created")
+    assert [(e["user"], e["key_id"]) for e in published] == [(user, created["key_id"])]
+    new = created["key_id"]
+    assert aws.keys(user) == {old: "Active", new: "Active"}
+    assert aws.secret(user)["AccessKeyId"] == new
+    assert aws.secret(user, "AWSPREVIOUS")["AccessKeyId"] == old
+    assert sorted(map(sorted, aws.stages(user).values())) == [["AWSCURRENT"], ["AWSPREVIOUS"]]
+    tags = {t["Key"]: t["Value"] for t in aws.sm.describe_secret(SecretId=f"iam-keys/{user}")["Tags"]}
+    assert (tags["rotator:current-key-id"], tags["rotator:previous-key-id"]) == (new, old)
+    assert_no_secrets([first.stdout, first.stderr, other.stdout, other.stderr], aws.created_secrets)

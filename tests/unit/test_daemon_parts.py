@@ -1,0 +1,228 @@
+"""The daemon's pure parts and its in-process behaviour (no AWS, no subprocess)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from rotator.app import App
+from rotator.config import ScheduleSettings, Settings
+from rotator.daemon import Daemon, DaemonTiming, retry_delay, retry_time, trigger_for
+from rotator.errors import ConfigError
+from rotator.events import AwsCall, SweepFinished
+from rotator.sdnotify import Notifier
+
+NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+S = timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("failures", "expected"),
+    [(1, 30 * S), (2, 60 * S), (3, 120 * S), (5, 480 * S), (6, 900 * S), (60, 900 * S)],
+)
+def test_retry_backoff_doubles_and_is_capped(failures: int, expected: timedelta) -> None:
+    assert retry_delay(failures, 30 * S, 900 * S) == expected
+
+
+@pytest.mark.parametrize(
+    ("delay", "next_slot", "expected"),
+    [
+        (30 * S, NOW + 3600 * S, NOW + 30 * S),  # well before the next slot
+        (30 * S, NOW + 10 * S, None),  # the next regular sweep comes first: it is the retry
+        (30 * S, NOW + 30 * S, None),  # never at (or past) the next slot
+        (30 * S, None, NOW + 30 * S),  # no next slot known
+    ],
+)
+def test_retry_never_passes_the_next_regular_slot(
+    delay: timedelta, next_slot: datetime | None, expected: datetime | None
+) -> None:
+    assert retry_time(NOW, delay, next_slot) == expected
+
+
+def test_interval_and_cron_triggers_are_utc() -> None:
+    interval = trigger_for(ScheduleSettings(interval=timedelta(hours=1)))
+    first = interval.get_next_fire_time(None, NOW)
+    assert interval.get_next_fire_time(first, first) - first == timedelta(hours=1)
+    cron = trigger_for(ScheduleSettings(cron="0 3 * * *"))
+    assert cron.get_next_fire_time(None, NOW) == datetime(2025, 1, 2, 3, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("watchdog", "expected"),
+    [(None, 5 * S), (timedelta(seconds=60), 5 * S), (timedelta(seconds=2), 1 * S)],
+)
+def test_heartbeat_is_at_least_twice_per_watchdog_period(watchdog: timedelta | None, expected: timedelta) -> None:
+    assert DaemonTiming().heartbeat_for(watchdog) == expected
+
+
+# -- sd_notify ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if request.param == "path":
+        address = str(tmp_path / "notify")
+        sock.bind(address)
+    else:
+        address = f"@rotator-unit-{uuid.uuid4().hex}"
+        sock.bind(b"\0" + address[1:].encode())
+    sock.settimeout(2)
+    yield sock, address
+    sock.close()
+
+
+def test_notifier_sends_datagrams(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, address = notify_socket
+    notifier = Notifier.from_environment({"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "30000000"})
+    assert notifier.watchdog == timedelta(seconds=30)
+    assert notifier.ready(status="up")
+    assert sock.recv(1024) == b"READY=1\nSTATUS=up"
+    assert notifier.status("two\nlines")
+    assert sock.recv(1024) == b"STATUS=two lines"
+    assert notifier.watchdog_ping()
+    assert sock.recv(1024) == b"WATCHDOG=1"
+    assert notifier.stopping()
+    assert sock.recv(1024) == b"STOPPING=1"
+    notifier.close()
+
+
+def test_notifier_is_silent_without_socket_and_ignores_anothers_watchdog() -> None:
+    notifier = Notifier.from_environment({})
+    assert not notifier.enabled
+    assert not notifier.ready()
+    other = Notifier.from_environment({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}, pid=2)
+    assert other.watchdog is None
+    gone = Notifier("/nonexistent/socket")
+    assert not gone.ready(), "a vanished socket is not an error"
+
+
+# -- the daemon in process ---------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_daemon(clock: FakeClock, settings: Settings | None = None, **kwargs: object) -> Daemon:
+    app = App(settings or Settings(), clock=lambda: NOW, log=False)
+    return Daemon(app, monotonic=clock, **kwargs)  # type: ignore[arg-type]
+
+
+def test_healthz_follows_the_heartbeat(clock: FakeClock) -> None:
+    daemon = make_daemon(clock)
+    assert daemon.health()[0] == 503, "no heartbeat yet"
+    daemon._heartbeat()
+    assert daemon.health()[0] == 200
+    clock.now += 15.0
+    assert daemon.health()[0] == 200
+    clock.now += 0.1
+    status, body = daemon.health()
+    assert status == 503
+    assert body["status"] == "stale"
+
+
+def test_a_stalled_sweep_stops_the_heartbeat(clock: FakeClock) -> None:
+    daemon = make_daemon(clock, timing=DaemonTiming(stall_timeout=timedelta(seconds=60)))
+    daemon._sweeping_since = clock.now
+    clock.now += 30
+    daemon._heartbeat()
+    assert daemon.health()[0] == 200, "a long sweep that makes progress is alive"
+    daemon.app.bus.emit(AwsCall(service="iam", operation="ListUsers"))
+    clock.now += 61
+    daemon._heartbeat()
+    assert daemon.health()[0] == 503, "no event for stall_timeout: hung"
+
+
+def test_readyz_after_first_aws_contact_with_last_sweep(clock: FakeClock) -> None:
+    daemon = make_daemon(clock)
+    status, body = daemon.readiness()
+    assert status == 503
+    assert body["last_sweep"] is None
+    daemon.app.bus.emit(AwsCall(service="iam", operation="ListUsers", outcome="error"))
+    assert daemon.readiness()[0] == 503, "a failed call is not contact"
+    daemon.app.bus.emit(AwsCall(service="sts", operation="GetCallerIdentity"))
+    daemon.app.bus.emit(SweepFinished(sweep_id="abc", result="success", users=3, rotated=1))
+    status, body = daemon.readiness()
+    assert status == 200
+    assert body["aws_contact_at"] == NOW.isoformat()
+    assert body["last_sweep"] == {
+        "sweep_id": "abc",
+        "finished_at": NOW.isoformat(),
+        "result": "success",
+        "dry_run": False,
+        "duration_seconds": 0.0,
+        "users": 3,
+        "rotated": 1,
+        "disabled": 0,
+        "deleted": 0,
+        "cleaned": 0,
+        "held": 0,
+        "failed": 0,
+    }
+
+
+def test_reload_refuses_a_broken_file_and_applies_a_valid_one(clock: FakeClock) -> None:
+    results: list[Settings | Exception] = [
+        ConfigError("policy.max_key_age: invalid duration 'soon'"),
+        Settings.model_validate({"safety": {"dry_run": True}, "schedule": {"interval": "5m"}}),
+    ]
+
+    def load(_path: str | None) -> Settings:
+        result = results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    daemon = make_daemon(clock, load=load)
+    daemon.scheduler.start(paused=True)
+    try:
+        daemon._schedule()
+        old = daemon.app.settings
+        assert daemon.reload() is False
+        assert daemon.app.settings is old
+        assert daemon.reload() is True
+        assert daemon.app.settings.safety.dry_run is True
+        assert daemon.app.metrics.dry_run._value.get() == 1
+        job = daemon.scheduler.get_job("sweep")
+        assert job.trigger.interval == timedelta(minutes=5)
+    finally:
+        daemon.scheduler.shutdown(wait=False)
+
+
+def test_a_signal_delivered_to_another_thread_wakes_the_main_loop(clock: FakeClock) -> None:
+    """The kernel may hand a process signal to any thread; the main loop must still see it."""
+    daemon = make_daemon(clock)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    daemon.install_signal_handlers()
+    try:
+
+        def other_thread() -> None:
+            time.sleep(0.2)
+            signal.pthread_kill(threading.get_ident(), signal.SIGHUP)
+
+        threading.Thread(target=other_thread).start()
+        started = time.monotonic()
+        assert daemon._next_signal() == signal.SIGHUP
+        assert time.monotonic() - started < 5
+    finally:
+        signal.set_wakeup_fd(-1)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
