@@ -154,7 +154,7 @@ def _shared_loader() -> botocore.loaders.Loader:
     """One botocore model loader (and its cache) for the sessions of every assumed account."""
     with _LOADER_LOCK:
         if not _LOADER:
-            _LOADER.append(botocore.loaders.create_loader())
+            _LOADER.append(botocore.session.Session().get_component("data_loader"))  # honours AWS_DATA_PATH
         return _LOADER[0]
 
 
@@ -224,9 +224,9 @@ class Boundary:
                 self._clients[service] = self._make_client(self.session, service)
             return self._clients[service]
 
-    def _make_client(self, session: boto3.session.Session, service: str) -> Any:
+    def _make_client(self, session: boto3.session.Session, service: str, **credentials: str) -> Any:
         try:
-            client = session.client(service, config=self.client_config())  # type: ignore[call-overload]
+            client = session.client(service, config=self.client_config(), **credentials)  # type: ignore[call-overload]
         except botocore.exceptions.NoRegionError as exc:
             raise UnreachableError(
                 "no AWS region configured (set AWS_REGION or a profile region)", service=service
@@ -250,15 +250,24 @@ class Boundary:
                 )
             )
 
-    def call(self, service: str, operation: str, client: Any = None, **params: Any) -> dict[str, Any]:
-        """One AWS call, counted and translated. ``operation`` is the API name (``ListAccessKeys``)."""
+    def call(
+        self, service: str, operation: str, client: Any = None, *, missing_ok: bool = False, **params: Any
+    ) -> dict[str, Any]:
+        """One AWS call, counted and translated. ``operation`` is the API name (``ListAccessKeys``).
+
+        ``missing_ok``: "not found" is an answer the caller expects (DescribeSecret before a
+        bootstrap), counted as ``ok`` so dashboards do not show it as an error; it still raises
+        :class:`NotFoundError` for the caller to handle.
+        """
         method = getattr(client or self.client(service), _snake(operation))
         self.limiter.wait()
         try:
             result: dict[str, Any] = method(**params)
         except botocore.exceptions.ClientError as exc:
-            self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
-            raise translate(exc, service, operation) from exc
+            error = translate(exc, service, operation)
+            outcome = "ok" if missing_ok and isinstance(error, NotFoundError) else "error"
+            self.emit(AwsCall(service=service, operation=operation, outcome=outcome, account=self.account))
+            raise error from exc
         except (
             botocore.exceptions.EndpointConnectionError,
             botocore.exceptions.ConnectionClosedError,
@@ -634,7 +643,7 @@ class Aws:
 
     def describe_secret(self, name: str) -> SecretSummary | None:
         try:
-            item = self.boundary.call("secretsmanager", "DescribeSecret", SecretId=name)
+            item = self.boundary.call("secretsmanager", "DescribeSecret", SecretId=name, missing_ok=True)
         except NotFoundError:
             return None
         if item.get("DeletedDate"):
@@ -710,12 +719,15 @@ class Aws:
 
     def caller_arn_with(self, key: NewKey) -> str:
         """``sts:GetCallerIdentity`` signed with ``key`` itself: proves the secret key works."""
-        session = boto3.session.Session(
-            aws_access_key_id=key.key_id,
-            aws_secret_access_key=key.secret_access_key.reveal(),
-            region_name=self.boundary.session.region_name,
-        )
-        client = self.boundary._make_client(session, "sts")
+        # A client of the existing session with explicit credentials: a new boto3 Session per key
+        # would load every service model again (tens of milliseconds each, on every rotation).
+        with self.boundary._lock:
+            client = self.boundary._make_client(
+                self.boundary.session,
+                "sts",
+                aws_access_key_id=key.key_id,
+                aws_secret_access_key=key.secret_access_key.reveal(),
+            )
         return str(self.boundary.call("sts", "GetCallerIdentity", client=client)["Arn"])
 
 

@@ -57,6 +57,7 @@ from rotator.model import (
     AWSPENDING,
     TAG_CURRENT_CREATED,
     TAG_CURRENT_KEY,
+    TAG_DELETED_KEY,
     TAG_DISABLED_AT,
     TAG_DISABLED_KEY,
     TAG_MANAGED,
@@ -86,6 +87,10 @@ class _Context(TypedDict):
     user: str
     key_id: str | None
     sweep_id: str | None
+
+
+class ConcurrentlyDone(RotatorError):
+    """Another run completed this very step first; nothing is left to do (not a failure)."""
 
 
 class Budget:
@@ -255,6 +260,10 @@ class Executor:
                 continue
             try:
                 state = self._apply(state, policy, step, revoke=revoke)
+            except ConcurrentlyDone as exc:
+                outcome.skipped.append(step)
+                self.emit(ActionSkipped(**self._ctx(step), action=step.action, reason=str(exc)))
+                return
             except LimitExceededError:
                 # I1/I8: another process took the free key slot first; its rotation stands.
                 outcome.skipped.append(step)
@@ -285,6 +294,9 @@ class Executor:
         elif step.action is Action.DELETE:
             self._delete(state, step.key_id)
             self.emit(KeyDeleted(**self._ctx(step), reason=step.reason))
+            if state.secret.exists and step.key_id == classify(state, policy).previous_id:
+                # Recorded after the fact; a crash in between only costs a stale plan line.
+                self.aws.tag_secret(state.secret.name, {TAG_DELETED_KEY: step.key_id})
         elif step.action is Action.CLEANUP:
             self._delete(state, step.key_id)
             self.emit(OrphanDeleted(**self._ctx(step), reason=step.reason))
@@ -386,7 +398,17 @@ class Executor:
         self, state: UserState, version: str, key: NewKey, replaced: AccessKey | None, *, resumed: bool
     ) -> None:
         old_version = state.secret.version_with(AWSCURRENT)
-        self.aws.move_stage(state.secret.name, AWSCURRENT, to_version=version, from_version=old_version)
+        try:
+            self.aws.move_stage(state.secret.name, AWSCURRENT, to_version=version, from_version=old_version)
+        except AwsError as exc:
+            # Two runs resuming the same pending key: the other one moved AWSCURRENT first, so
+            # ``old_version`` no longer holds it. The goal holds; the publication is the other's.
+            if exc.code != "InvalidParameterException":
+                raise
+            summary = self.aws.describe_secret(state.secret.name)
+            if summary is None or AWSCURRENT not in summary.versions.get(version, ()):
+                raise
+            raise ConcurrentlyDone(f"{state.user}: a concurrent run published {key.key_id}") from exc
         try:
             self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version)
         except AwsError as exc:

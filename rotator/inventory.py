@@ -35,6 +35,7 @@ from rotator.model import (
     AWSPREVIOUS,
     TAG_CURRENT_CREATED,
     TAG_CURRENT_KEY,
+    TAG_DELETED_KEY,
     TAG_DISABLED_KEY,
     TAG_MANAGED,
     TAG_PREVIOUS_CREATED,
@@ -216,6 +217,8 @@ class Inventory:
             )
             if slot.active and key_id == summary.tags.get(TAG_DISABLED_KEY):
                 return None  # the report predates our own disable (IAM serves one up to 4h old)
+            if key_id == summary.tags.get(TAG_DELETED_KEY):
+                return None  # the report predates our own delete
             status = KeyStatus.ACTIVE if slot.active else KeyStatus.INACTIVE
             keys.append(AccessKey(key_id, status, created or created_by_id[key_id], slot.last_used))
         if current_id not in {k.key_id for k in keys} or len({k.key_id for k in keys}) != len(keys):

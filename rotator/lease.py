@@ -153,6 +153,8 @@ class Lease:
                 self._failed(exc, "PutItem")
                 return self._lost()
             with self._lock:
+                if self._released:  # released while we were renewing: stay down (it expires by itself)
+                    return False
                 # Validity counts from *before* the calls: the item may have been written at their start.
                 valid_until = started + self.ttl - self.margin
                 held = self._clock() < valid_until  # false if the calls took longer than ttl - margin
@@ -160,24 +162,31 @@ class Lease:
                 self._set_leader(held)
                 return held
 
-    def release(self) -> None:
+    def release(self, wait: float = 5.0) -> None:
         """Give the lease up at once (shutdown), if it may be ours; errors are emitted, never raised.
 
-        The delete is conditional on our owner id, so it never removes a lease another replica took.
+        Leadership ends immediately. The conditional delete (on our owner id: it never removes a lease
+        another replica took) waits at most ``wait`` seconds for a renewal still in flight; past that
+        it is skipped and the lease simply expires after its ttl.
         """
-        with self._op_lock:
+        with self._lock:
             self._released = True
-            with self._lock:
-                self._valid_until = None
-                self._set_leader(False)
+            self._valid_until = None
+            self._set_leader(False)
+        if not self._op_lock.acquire(timeout=wait):
+            return
+        try:
             if not self._may_own:
                 return
+            self._may_own = False
             try:
                 self.aws.delete_lease(self.table, self.name, self.owner)
             except ConflictError:
                 pass  # already taken over (or gone): nothing of ours to delete
             except Exception as exc:  # it expires on its own after the ttl
                 self._failed(exc, "DeleteItem")
+        finally:
+            self._op_lock.release()
 
     def _failed(self, exc: Exception, operation: str) -> None:
         if not isinstance(exc, AwsError):

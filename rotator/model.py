@@ -33,6 +33,9 @@ TAG_PREVIOUS_KEY = "rotator:previous-key-id"
 TAG_PREVIOUS_CREATED = "rotator:previous-key-created"
 TAG_DISABLED_KEY = "rotator:disabled-key-id"
 TAG_DISABLED_AT = "rotator:disabled-at"
+#: The previous key the rotator deleted last: a credential report (cached up to 4 h by IAM) that still
+#: lists it is stale for this user, so the inventory asks IAM instead.
+TAG_DELETED_KEY = "rotator:deleted-key-id"
 USER_TAG_ROTATION_STARTED = "rotator:rotation-started"
 #: Written with the mark: the (space-separated) ids of the keys that existed before CreateAccessKey.
 #: None of them can be the rotation's orphan, however close its CreateDate is to the mark.

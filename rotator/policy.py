@@ -52,6 +52,10 @@ class KeyRoles:
     foreign: tuple[AccessKey, ...]
     strays: tuple[AccessKey, ...]
 
+    @property
+    def previous_id(self) -> str | None:
+        return self.previous.key_id if self.previous else None
+
 
 def classify(state: UserState, policy: EffectivePolicy) -> KeyRoles:
     """Sort the user's keys into the roles described in the module docstring."""

@@ -219,12 +219,14 @@ def assert_no_secrets(texts: list[str], secrets: list[str]) -> None:
 # Recording the AWS operations the rotator sends (deploy/iam least privilege; tests/record_calls.py).
 # run_cli starts the CLI through tests/record_calls.py, which behaves like `python -m rotator.cli` and, with
 # $RECORD_AWS_CALLS_FILE set, appends every AWS call the process sends to that file. The whole session records
-# into one file; at the end its operations are listed and any the IAM policy does not allow fails the run.
-# tests/deploy/test_iam_least_privilege.py makes its own recording, independent of which tests ran.
+# into one file; at the end its operations are listed, and one that the IAM policy does not allow and its README
+# does not name as an addition for an optional feature fails the run.
+# tests/deploy/test_iam_least_privilege.py makes its own recordings, independent of which tests ran.
 
 RECORD_CALLS = ROOT / "tests" / "record_calls.py"
 IAM_POLICY = ROOT / "deploy" / "iam" / "rotator-policy.json"
-_SESSION_CALLS = pytest.StashKey[tuple[set[str], set[str]]]()
+IAM_README = ROOT / "deploy" / "iam" / "README.md"
+_SESSION_CALLS = pytest.StashKey[tuple[set[str], set[str], set[str]]]()
 _OWN_RECORD_DIR: list[Path] = []  # the session's temporary directory, removed at the end
 
 
@@ -243,25 +245,32 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    from record_calls import RECORD_ENV, operations, policy_actions, read_calls  # noqa: PLC0415
+    from record_calls import RECORD_ENV, documented_actions, operations, policy_actions, read_calls  # noqa: PLC0415
 
     if hasattr(session.config, "workerinput"):
         return  # the controller reports for all workers
     seen = operations(read_calls(os.environ.get(RECORD_ENV, "")))
     outside = seen - policy_actions(json.loads(IAM_POLICY.read_text(encoding="utf-8")))
-    session.config.stash[_SESSION_CALLS] = (seen, outside)
+    undocumented = outside - documented_actions(IAM_README.read_text(encoding="utf-8"))
+    session.config.stash[_SESSION_CALLS] = (seen, outside - undocumented, undocumented)
     for directory in _OWN_RECORD_DIR:
         shutil.rmtree(directory, ignore_errors=True)
-    if outside:
+    if undocumented:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    seen, outside = config.stash.get(_SESSION_CALLS, (set(), set()))
+    seen, optional, undocumented = config.stash.get(_SESSION_CALLS, (set(), set(), set()))
     if seen:
         terminalreporter.write_sep("-", f"AWS operations the rotator sent ({len(seen)})")
         terminalreporter.write_line(" ".join(sorted(seen)))
-    if outside:
+    if optional:
         terminalreporter.write_line(
-            f"NOT allowed by {IAM_POLICY.relative_to(ROOT)}: {' '.join(sorted(outside))}", red=True
+            f"not in the policy, optional per {IAM_README.relative_to(ROOT)}: {' '.join(sorted(optional))}"
+        )
+    if undocumented:
+        terminalreporter.write_line(
+            f"NOT allowed by {IAM_POLICY.relative_to(ROOT)} nor named in {IAM_README.relative_to(ROOT)}: "
+            + " ".join(sorted(undocumented)),
+            red=True,
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -44,6 +45,8 @@ def _identifying(params: dict[str, Any]) -> dict[str, Any]:
         keep["Tags"] = {t["Key"]: t.get("Value") for t in tags if isinstance(t, dict) and "Key" in t}
     if isinstance(params.get("TagKeys"), list):
         keep["TagKeys"] = list(params["TagKeys"])
+    if isinstance(params.get("AddReplicaRegions"), list):
+        keep["AddReplicaRegions"] = [r.get("Region") for r in params["AddReplicaRegions"] if isinstance(r, dict)]
     return keep
 
 
@@ -72,6 +75,11 @@ def policy_actions(document: dict[str, Any]) -> set[str]:
             action = statement.get("Action", [])
             actions.update([action] if isinstance(action, str) else action)
     return actions
+
+
+def documented_actions(markdown: str) -> set[str]:
+    """Every ``service:Action`` a Markdown text names in backticks (deploy/iam/README.md's optional actions)."""
+    return set(re.findall(r"`([a-z0-9-]+:[A-Z][A-Za-z0-9]+)`", markdown))
 
 
 def install(path: str) -> None:

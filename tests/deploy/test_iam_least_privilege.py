@@ -10,6 +10,8 @@
    the caller's IAM policies; the rotator's credentials hold nothing but the policy's actions, and the whole
    lifecycle (bootstrap -> disable -> delete -> age rotation) plus an inventory through ``sts:AssumeRole`` completes
    without a single denied call, while calls outside the policy are denied.
+3. ``test_optional_features_send_only_what_the_readme_documents``: AWS Organizations discovery and secret replicas
+   need actions beyond the policy; they must be exactly the ones deploy/iam/README.md tells operators to add.
 
 The assertions do not depend on which other tests ran (the session-wide recording is checked in conftest).
 """
@@ -28,9 +30,9 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from conftest import IAM_POLICY, REGION, AwsEnv, MotoServer, run_cli, write_config
+from conftest import IAM_POLICY, IAM_README, REGION, AwsEnv, MotoServer, run_cli, write_config
 from iam_operations import OPTIONAL_KMS_ACTIONS, ROTATOR_OPERATIONS
-from record_calls import RECORD_ENV, operations, policy_actions, read_calls
+from record_calls import RECORD_ENV, documented_actions, operations, policy_actions, read_calls
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,10 +43,13 @@ UNUSED_ALLOWED = {
     action: "called by Secrets Manager on the rotator's behalf, only with secrets.kms_key_id (a customer key)"
     for action in OPTIONAL_KMS_ACTIONS
 }
-#: Actions AWS also checks for a request (from each operation's "Required permissions" in the API reference).
-IMPLIED: dict[str, tuple[str, str]] = {
-    # operation: (the extra action, the request parameter that triggers it)
-    "secretsmanager:CreateSecret": ("secretsmanager:TagResource", "Tags"),
+#: Actions AWS also checks for a request ("Required permissions" of each operation in the API reference):
+#: operation -> (request parameter that calls for it, extra action).
+IMPLIED: dict[str, list[tuple[str, str]]] = {
+    "secretsmanager:CreateSecret": [
+        ("Tags", "secretsmanager:TagResource"),
+        ("AddReplicaRegions", "secretsmanager:ReplicateSecretToRegions"),
+    ],
 }
 
 CONFIG = """\
@@ -70,6 +75,12 @@ def as_list(value: Any) -> list[Any]:
 def load_policy() -> dict[str, Any]:
     document: dict[str, Any] = json.loads(IAM_POLICY.read_text(encoding="utf-8"))
     return document
+
+
+def needed_actions(call: dict[str, Any]) -> list[str]:
+    """The IAM actions AWS checks for one recorded request."""
+    action = f"{call['service']}:{call['operation']}"
+    return [action] + [extra for param, extra in IMPLIED.get(action, []) if call["params"].get(param)]
 
 
 def cli(aws: AwsEnv, config: Path, record: Path, *args: str) -> str:
@@ -180,9 +191,9 @@ def test_evaluator_denies_what_the_policy_does_not_grant() -> None:
 # -- 1. what the rotator sends == what the policy allows ------------------------------------------------------
 
 
-def remote_account(aws: AwsEnv) -> Any:
-    """IAM of the account behind REMOTE_ROLE (moto keeps one backend per account)."""
-    creds = aws.client("sts").assume_role(RoleArn=REMOTE_ROLE, RoleSessionName="seed")["Credentials"]
+def remote_account(aws: AwsEnv, role: str = REMOTE_ROLE) -> Any:
+    """IAM of the account behind ``role`` (moto keeps one backend per account)."""
+    creds = aws.client("sts").assume_role(RoleArn=role, RoleSessionName="seed")["Credentials"]
     return boto3.client(
         "iam",
         endpoint_url=aws.url,
@@ -274,6 +285,46 @@ def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path:
     assert not [c for c in calls if c["params"].get("UserName") == "human"]
     failures = {(f"{c['service']}:{c['operation']}", c["status"]) for c in calls if (c["status"] or 500) >= 400}
     assert {op for op, _ in failures} <= {"secretsmanager:DescribeSecret"}, failures
+
+
+# -- optional features: what they need beyond the policy is what the README tells operators to add -----------
+
+
+def test_optional_features_send_only_what_the_readme_documents(aws: AwsEnv, tmp_path: Path) -> None:
+    """AWS Organizations discovery and secret replicas: their extra actions are exactly those README.md names."""
+    org = aws.client("organizations")
+    org.create_organization(FeatureSet="ALL")
+    root = org.list_roots()["Roots"][0]["Id"]
+    prod = org.create_organizational_unit(ParentId=root, Name="prod")["OrganizationalUnit"]["Id"]
+    nested = org.create_organizational_unit(ParentId=prod, Name="nested")["OrganizationalUnit"]["Id"]
+    member = org.create_account(Email="member@example.com", AccountName="member")["CreateAccountStatus"]["AccountId"]
+    org.move_account(AccountId=member, SourceParentId=root, DestinationParentId=nested)
+    member_iam = remote_account(aws, f"arn:aws:iam::{member}:role/iam-key-rotator")
+    member_iam.create_user(UserName="member", Path="/service/", Tags=[{"Key": "rotator", "Value": "enabled"}])
+    member_iam.create_access_key(UserName="member")
+
+    record = tmp_path / "calls.jsonl"
+    base = CONFIG.format(max_key_age="1h")
+    in_ous = write_config(tmp_path, base + f"organization: {{role_name: iam-key-rotator, include_ous: ['{prod}']}}\n")
+    everywhere = tmp_path / "everywhere.yaml"
+    everywhere.write_text(
+        base + "organization: {role_name: iam-key-rotator}\nsecrets: {replica_regions: [eu-west-1]}\n"
+    )
+    with ThreadPoolExecutor(2) as pool:
+        plan, _ = pool.map(
+            lambda job: cli(aws, job[0], record, *job[1]), [(in_ous, ["plan", "--json"]), (everywhere, ["sweep"])]
+        )
+    assert [(s["account"], s["user"], s["action"]) for s in json.loads(plan)] == [(member, "member", "rotate")]
+    assert len(member_iam.list_access_keys(UserName="member")["AccessKeyMetadata"]) == 2  # bootstrapped
+
+    needed = {action for call in read_calls(record) for action in needed_actions(call)}
+    optional = needed - policy_actions(load_policy())
+    readme = documented_actions(IAM_README.read_text(encoding="utf-8"))
+    assert optional <= readme, f"needed, but neither in the policy nor in the README: {sorted(optional - readme)}"
+    for prefix in ("organizations:", "secretsmanager:ReplicateSecretToRegions"):
+        documented = {a for a in readme if a.startswith(prefix)}
+        used = {a for a in optional if a.startswith(prefix)}
+        assert documented == used, f"README names {sorted(documented - used)}, never needed"
 
 
 # -- 2. the lifecycle with credentials that hold only the policy's actions -----------------------------------

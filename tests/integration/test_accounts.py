@@ -20,7 +20,9 @@ import boto3
 import pytest
 from conftest import FAST_CONFIG, REGION, ROOT, AwsEnv, assert_no_secrets, run_cli, write_config
 
+from rotator.app import App
 from rotator.aws import Aws, Boundary, RateLimiter
+from rotator.config import load_settings
 from rotator.events import AwsCall, Event
 
 ROLE = "RotatorRole"
@@ -106,6 +108,17 @@ def organization(aws: AwsEnv) -> Org:
     return Org(root, prod, nested, dev, accounts)
 
 
+@pytest.fixture
+def in_process(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's AWS environment points at the moto server (for in-process App/Aws use)."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "ROTATOR_")):
+            monkeypatch.delenv(name)
+    for name, value in aws.env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+
+
 def events(stderr: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
@@ -162,6 +175,7 @@ def test_include_ous_recurse_and_union_with_explicit_accounts(aws: AwsEnv, tmp_p
     org = organization(aws)
     a, b, c = (org.accounts[n] for n in ("a", "b", "c"))
     old = {name: account.user("app") for name, account in (("a", a), ("b", b), ("c", c))}
+    aws.user("home", keys=1)  # the caller's (management) account: managed only if listed, and it is not
     # prod holds no account itself: a sits in prod/nested. b is named explicitly, a both ways (once).
     config = write_config(
         tmp_path,
@@ -175,19 +189,6 @@ def test_include_ous_recurse_and_union_with_explicit_accounts(aws: AwsEnv, tmp_p
     assert_bootstrapped(b, "app", old["b"])
     assert sorted(created(result.stderr)) == sorted([(a.account_id, "app"), (b.account_id, "app")])
     assert c.secret_names() == [] and c.keys("app") == {old["c"]: "Active"}  # c is outside prod
-
-
-def test_explicit_role_arns_without_an_organization(aws: AwsEnv, tmp_path: Path) -> None:
-    one, two = member(aws, "111111111111"), member(aws, "222222222222")
-    old = {"one": one.user("svc"), "two": two.user("svc")}
-    aws.user("home", keys=1)  # the caller's own account is not managed once accounts are listed
-    config = write_config(
-        tmp_path, FAST_CONFIG + f"accounts: ['{role_arn(one.account_id)}', '{role_arn(two.account_id)}']\n"
-    )
-    result = run_cli(["sweep"], aws, config)
-    assert result.returncode == 0, result.stderr
-    assert_bootstrapped(one, "svc", old["one"])
-    assert_bootstrapped(two, "svc", old["two"])
     assert aws.sm.list_secrets()["SecretList"] == []
 
 
@@ -238,14 +239,14 @@ def test_an_account_whose_role_cannot_be_assumed_fails_the_sweep_not_the_others(
     assert finished and finished[-1]["result"] == "failure"
 
 
-def test_a_failing_listing_is_an_error_not_no_accounts(aws: AwsEnv, tmp_path: Path) -> None:
+def test_a_failing_listing_is_an_error_not_no_accounts(aws: AwsEnv, tmp_path: Path, in_process: None) -> None:
     aws.user("home", keys=1)
-    # No organization exists: ListAccounts fails (AWSOrganizationsNotInUseException).
+    # No organization: AWS says AWSOrganizationsNotInUseException (moto lists nothing): an error either way.
     config = write_config(tmp_path, FAST_CONFIG + f"organization: {{role_name: {ROLE}}}\n")
-    result = run_cli(["sweep"], aws, config)
-    assert result.returncode == 1
-    assert "organizations:ListAccounts" in result.stderr
-    # An OU that does not exist fails just the same (ListAccountsForParent).
+    report = App(load_settings(str(config)), log=False).sweep()
+    assert report.result == "failure" and report.views == []
+    assert any("organizations:ListAccounts" in error for error in report.errors)
+    # An OU that does not exist fails the listing (ListAccountsForParent): exit 1, nothing done.
     organization(aws)
     config = write_config(
         tmp_path, FAST_CONFIG + f"organization: {{role_name: {ROLE}, include_ous: [ou-0000-00000000]}}\n"
@@ -256,14 +257,8 @@ def test_a_failing_listing_is_an_error_not_no_accounts(aws: AwsEnv, tmp_path: Pa
     assert aws.sm.list_secrets()["SecretList"] == []
 
 
-def test_assumed_role_credentials_are_renewed_before_they_expire(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_assumed_role_credentials_are_renewed_before_they_expire(aws: AwsEnv, in_process: None) -> None:
     """A daemon outlives the hour of its AssumeRole credentials: they are refreshed, through the boundary."""
-    for name in list(os.environ):
-        if name.startswith(("AWS_", "ROTATOR_")):
-            monkeypatch.delenv(name)
-    for name, value in aws.env.items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
     calls: list[Event] = []
     base = Aws(Boundary(boto3.session.Session(region_name=REGION), calls.append, limiter=RateLimiter(1000.0)))
     target = member(aws, "333344445555")

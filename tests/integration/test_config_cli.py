@@ -16,8 +16,6 @@ from conftest import AwsEnv, free_port, run_cli, write_config
 
 from rotator import __version__
 
-pytestmark = pytest.mark.timeout(60)
-
 
 @pytest.fixture(scope="module")
 def nowhere() -> AwsEnv:

@@ -52,7 +52,7 @@ ROTATION = (
 )
 BOOTSTRAP = ("TagUser", "CreateAccessKey", "CreateSecret", "TagResource", "UntagUser")
 DISABLE = ("UpdateAccessKey", "TagResource")
-DELETE = ("DeleteAccessKey",)
+DELETE = ("DeleteAccessKey", "TagResource")  # the deletion record keeps a stale report honest
 OPERATIONS: dict[str, tuple[str, ...]] = {
     "rotation": ROTATION,
     "bootstrap": BOOTSTRAP,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from rotator.events import AwsCall, Event
 from rotator.lease import Lease, LeaseError, NoLease, lease_for
 from rotator.metrics import LeaderChanged, Metrics
 
+MakeAws = Callable[["Recorder"], Aws]
 TABLE = "rotator-leases"
 TTL = timedelta(seconds=60)
 
@@ -49,7 +51,7 @@ class Recorder:
 
 
 @pytest.fixture
-def make_aws(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> object:
+def make_aws(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> MakeAws:
     for name in list(os.environ):
         if name.startswith(("AWS_", "ROTATOR_")):
             monkeypatch.delenv(name)
@@ -84,10 +86,10 @@ def table(ddb: Any) -> str:
     return TABLE
 
 
-def pair(make_aws: object, clock: FakeClock) -> tuple[Lease, Recorder, Lease, Recorder]:
+def pair(make_aws: MakeAws, clock: FakeClock) -> tuple[Lease, Recorder, Lease, Recorder]:
     rec_a, rec_b = Recorder(), Recorder()
-    a = Lease(make_aws(rec_a), TABLE, emit=rec_a, clock=clock, owner="host-a:1:aa", ttl=TTL)  # type: ignore[operator]
-    b = Lease(make_aws(rec_b), TABLE, emit=rec_b, clock=clock, owner="host-b:2:bb", ttl=TTL)  # type: ignore[operator]
+    a = Lease(make_aws(rec_a), TABLE, emit=rec_a, clock=clock, owner="host-a:1:aa", ttl=TTL)
+    b = Lease(make_aws(rec_b), TABLE, emit=rec_b, clock=clock, owner="host-b:2:bb", ttl=TTL)
     return a, rec_a, b, rec_b
 
 
@@ -96,7 +98,7 @@ def item(ddb: Any) -> dict[str, Any]:
     return dict(got.get("Item", {}))
 
 
-def test_only_one_of_two_replicas_acquires(ddb: Any, make_aws: object, table: str) -> None:
+def test_only_one_of_two_replicas_acquires(ddb: Any, make_aws: MakeAws, table: str) -> None:
     clock = FakeClock()
     a, rec_a, b, rec_b = pair(make_aws, clock)
     assert a.try_acquire() is True and a.held
@@ -112,7 +114,7 @@ def test_only_one_of_two_replicas_acquires(ddb: Any, make_aws: object, table: st
     assert ("PutItem", "ok") in ops and ("GetItem", "ok") in ops
 
 
-def test_the_other_replica_takes_over_after_the_ttl(make_aws: object, table: str) -> None:
+def test_the_other_replica_takes_over_after_the_ttl(make_aws: MakeAws, table: str) -> None:
     clock = FakeClock()
     a, rec_a, b, _ = pair(make_aws, clock)
     assert a.try_acquire()
@@ -125,7 +127,7 @@ def test_the_other_replica_takes_over_after_the_ttl(make_aws: object, table: str
     assert not a.try_acquire() and not a.held  # a came back too late: b keeps it
 
 
-def test_held_lapses_by_our_own_clock_minus_the_margin(make_aws: object, table: str) -> None:
+def test_held_lapses_by_our_own_clock_minus_the_margin(make_aws: MakeAws, table: str) -> None:
     clock = FakeClock()
     a, rec_a, _, _ = pair(make_aws, clock)
     assert a.try_acquire()
@@ -136,7 +138,7 @@ def test_held_lapses_by_our_own_clock_minus_the_margin(make_aws: object, table: 
     assert rec_a.leadership() == [True, False]
 
 
-def test_renewal_keeps_the_lease(make_aws: object, table: str) -> None:
+def test_renewal_keeps_the_lease(make_aws: MakeAws, table: str) -> None:
     clock = FakeClock()
     a, rec_a, b, _ = pair(make_aws, clock)
     assert a.try_acquire()
@@ -147,7 +149,7 @@ def test_renewal_keeps_the_lease(make_aws: object, table: str) -> None:
     assert rec_a.leadership() == [True]
 
 
-def test_release_hands_over_at_once(ddb: Any, make_aws: object, table: str) -> None:
+def test_release_hands_over_at_once(ddb: Any, make_aws: MakeAws, table: str) -> None:
     clock = FakeClock()
     a, rec_a, b, _ = pair(make_aws, clock)
     assert a.try_acquire()
@@ -163,7 +165,7 @@ def test_release_hands_over_at_once(ddb: Any, make_aws: object, table: str) -> N
     assert not rec_a.errors()
 
 
-def test_release_after_a_takeover_deletes_nothing(ddb: Any, make_aws: object, table: str) -> None:
+def test_release_after_a_takeover_deletes_nothing(ddb: Any, make_aws: MakeAws, table: str) -> None:
     clock = FakeClock()
     a, rec_a, b, _ = pair(make_aws, clock)
     assert a.try_acquire()
@@ -174,7 +176,7 @@ def test_release_after_a_takeover_deletes_nothing(ddb: Any, make_aws: object, ta
     assert not rec_a.errors()
 
 
-def test_a_lost_race_is_plainly_not_leader(make_aws: object, table: str) -> None:
+def test_a_lost_race_is_plainly_not_leader(make_aws: MakeAws, table: str) -> None:
     """Both replicas saw the lease free; the conditional write lets only one of them have it."""
     clock = FakeClock()
     a, _, b, rec_b = pair(make_aws, clock)
@@ -187,7 +189,7 @@ def test_a_lost_race_is_plainly_not_leader(make_aws: object, table: str) -> None
     assert rec_b.leadership() == [False] and not rec_b.errors()
 
 
-def test_aws_errors_mean_not_leader_and_never_raise(make_aws: object) -> None:
+def test_aws_errors_mean_not_leader_and_never_raise(make_aws: MakeAws) -> None:
     clock = FakeClock()
     a, rec_a, _, _ = pair(make_aws, clock)
     assert a.try_acquire() is False  # the table does not exist
@@ -198,7 +200,7 @@ def test_aws_errors_mean_not_leader_and_never_raise(make_aws: object) -> None:
     a.release()  # nothing held: nothing to do, nothing raised
 
 
-def test_losing_the_table_while_leading_steps_down(ddb: Any, make_aws: object, table: str) -> None:
+def test_losing_the_table_while_leading_steps_down(ddb: Any, make_aws: MakeAws, table: str) -> None:
     clock = FakeClock()
     a, rec_a, _, _ = pair(make_aws, clock)
     assert a.try_acquire()
@@ -211,11 +213,11 @@ def test_losing_the_table_while_leading_steps_down(ddb: Any, make_aws: object, t
     assert len(rec_a.errors()) == 2
 
 
-def test_leader_gauge_and_lease_for(aws: AwsEnv, make_aws: object, table: str, tmp_path: Path) -> None:
+def test_leader_gauge_and_lease_for(aws: AwsEnv, make_aws: MakeAws, table: str, tmp_path: Path) -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     clock = FakeClock()
-    aws_client = make_aws(Recorder())  # type: ignore[operator]
+    aws_client = make_aws(Recorder())
 
     def leader() -> float | None:
         return registry.get_sample_value("rotator_leader")
@@ -236,3 +238,16 @@ def test_leader_gauge_and_lease_for(aws: AwsEnv, make_aws: object, table: str, t
     first.release()
     assert leader() == 0.0
     assert second.try_acquire()
+
+
+def test_release_never_waits_long_for_a_renewal_in_flight(ddb: Any, make_aws: MakeAws, table: str) -> None:
+    clock = FakeClock()
+    a, rec_a, b, _ = pair(make_aws, clock)
+    assert a.try_acquire()
+    with a._op_lock:  # as if a renewal were stuck in AWS retries
+        a.release(wait=0.01)
+        assert not a.held and rec_a.leadership() == [True, False]
+    assert item(ddb)["owner"] == {"S": "host-a:1:aa"}  # left to expire on its own
+    assert not a.try_acquire()
+    clock.advance(TTL.total_seconds() + 1)
+    assert b.try_acquire()

@@ -22,9 +22,9 @@ SETUP_CALLS = 4
 
 CONFIG = """\
 policy:
-  max_key_age: 25s
-  grace_period: 3s
-  retention: 3s
+  max_key_age: 45s
+  grace_period: 6s
+  retention: 6s
   disable_guard: hold
   quiet_period: 1s
   max_hold: 1h
@@ -108,7 +108,7 @@ def test_bootstrap_grace_disable_retention_delete_then_age_rotation(signed_aws: 
     assert plan(aws, config) == set()  # grace period running
 
     # Grace over: the previous (pre-existing) key is disabled, the current one untouched (I4).
-    wait_until(t_published + 3.5)
+    wait_until(t_published + 6.5)
     assert plan(aws, config) == {("app", "disable", k0)}
     sweep(aws, config, outputs)
     t_disabled = time.time()
@@ -116,14 +116,14 @@ def test_bootstrap_grace_disable_retention_delete_then_age_rotation(signed_aws: 
     assert plan(aws, config) == set()  # retention running
 
     # Retention over: deleted.
-    wait_until(t_disabled + 3.5)
+    wait_until(t_disabled + 6.5)
     assert plan(aws, config) == {("app", "delete", k0)}
     sweep(aws, config, outputs)
     assert aws.keys("app") == {k1: "Active"}
 
     # The current key ages past max_key_age: a rotation by the protocol (AWSPENDING -> AWSCURRENT).
     created = aws.iam.list_access_keys(UserName="app")["AccessKeyMetadata"][0]["CreateDate"].timestamp()
-    wait_until(created + 25.5)
+    wait_until(created + 45.5)
     assert plan(aws, config) == {("app", "rotate", k1)}
     sweep(aws, config, outputs)
     t_published = time.time()
@@ -135,10 +135,10 @@ def test_bootstrap_grace_disable_retention_delete_then_age_rotation(signed_aws: 
     assert sorted(sorted(s) for s in aws.stages("app").values()) == [["AWSCURRENT"], ["AWSPREVIOUS"]]
     assert signs_as(aws, current).endswith(":user/svc/app")
 
-    wait_until(t_published + 3.5)
+    wait_until(t_published + 6.5)
     sweep(aws, config, outputs)
     assert aws.keys("app") == {k1: "Inactive", k2: "Active"}
-    wait_until(time.time() + 3.5)
+    wait_until(time.time() + 6.5)
     sweep(aws, config, outputs)
     assert aws.keys("app") == {k2: "Active"}
     assert aws.secret("app")["AccessKeyId"] == k2
@@ -155,7 +155,7 @@ def test_guard_holds_a_previous_key_still_in_use(signed_aws: AwsEnv, tmp_path: P
     sweep(aws, config, outputs)
     # A consumer still signs with the old key.
     signs_as(aws, {"AccessKeyId": k0, "SecretAccessKey": old_secret})
-    time.sleep(3.5)
+    time.sleep(6.5)
     assert plan(aws, config) == {("busy", "hold", k0)}
     result = run_cli(["sweep"], aws, config)
     assert result.returncode == 0, result.stderr
