@@ -95,6 +95,8 @@ class App:
         self._accounts: list[Account] | None = None
         #: Accounts the last :meth:`accounts` call could not reach (one line each); see ``sweep``.
         self.account_errors: list[str] = []
+        #: Accounts the last :meth:`plan` could not read (the CLI reports them and exits 1).
+        self.plan_errors: list[str] = []
 
     # -- wiring ----------------------------------------------------------------------------------
 
@@ -193,7 +195,18 @@ class App:
         return decide(state, policy, now)
 
     def plan(self) -> list[AccountView]:
-        return [self.view(account) for account in self.accounts()]
+        """Every account's view; accounts that cannot be read are in :attr:`account_errors`."""
+        views = []
+        accounts = self.accounts()
+        self.plan_errors = list(self.account_errors)
+        for account in accounts:
+            try:
+                views.append(self.view(account))
+            except AwsError as exc:
+                if len(accounts) == 1:
+                    raise
+                self.plan_errors.append(f"account {account.account_id}: {exc}")
+        return views
 
     # -- sweeping -------------------------------------------------------------------------------
 
@@ -211,7 +224,11 @@ class App:
                 if stop is not None and stop.is_set():
                     report.interrupted = True
                     break
-                self._sweep_account(account, report, budget, dry, stop)
+                try:
+                    self._sweep_account(account, report, budget, dry, stop)
+                except AwsError as exc:
+                    # One unreadable account fails the sweep but never keeps the others from theirs.
+                    report.errors.append(f"account {account.account_id}: {exc}")
         except AwsError as exc:
             report.errors.append(str(exc))
         report.duration_seconds = time.monotonic() - started

@@ -84,9 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(error: BaseException | str) -> str:
     """The error as one line: AWS may put a whole (multi-line) response body in its message."""
-    return " ".join(redact_text(str(exc)).split())
+    return " ".join(redact_text(str(error)).split())
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -151,13 +151,21 @@ def _plan(app: Any, *, as_json: bool) -> int:
     steps = [step for view in views for plan in view.plans for step in plan.steps]
     if as_json:
         print(json.dumps([step.to_json() for step in steps], indent=2))
-        return EXIT_OK
+        return _account_errors(app)
     rows = [[s.user, s.action.value, s.key_id or "-", _when(s.due_at), s.reason] for s in steps]
     if not rows and sys.stdout.isatty():
         print("nothing to do")
-        return EXIT_OK
-    print_table(rows, ["user", "action", "key_id", "due_at", "reason"])
-    return EXIT_OK
+    else:
+        print_table(rows, ["user", "action", "key_id", "due_at", "reason"])
+    return _account_errors(app)
+
+
+def _account_errors(app: Any) -> int:
+    """Accounts that could not be read: one line each on stderr, and exit 1."""
+    errors = list(getattr(app, "plan_errors", []))
+    for error in errors:
+        print(f"rotator: AWS error: {_one_line(error)}", file=sys.stderr)
+    return EXIT_FAILED if errors else EXIT_OK
 
 
 def _inventory(app: Any, *, as_json: bool) -> int:
@@ -207,7 +215,7 @@ def _inventory(app: Any, *, as_json: bool) -> int:
             )
     if as_json:
         print(json.dumps(records, indent=2))
-        return EXIT_OK
+        return _account_errors(app)
     rows: list[list[str]] = []
     for record in records:
         keys = record["keys"] or [{"key_id": "-", "status": "-", "age_seconds": 0, "last_used": None, "role": "-"}]
@@ -226,7 +234,7 @@ def _inventory(app: Any, *, as_json: bool) -> int:
                 ]
             )
     print_table(rows, ["user", "key_id", "status", "role", "age", "last_used", "secret", "next"])
-    return EXIT_OK
+    return _account_errors(app)
 
 
 def _current_and_previous(settings: Settings, state: Any) -> tuple[str | None, str | None]:
@@ -294,6 +302,9 @@ def _rotate(app: Any, users: list[str], *, revoke: bool) -> int:
             status = EXIT_FAILED
         else:
             print(f"{user}: rotated" + (" (previous key disabled)" if revoke else ""))
+    for error in getattr(app, "account_errors", []):  # a user there may be the one asked for
+        print(f"rotator: AWS error: {_one_line(error)}", file=sys.stderr)
+        status = EXIT_FAILED
     return status
 
 
