@@ -45,6 +45,6 @@ USER 10001:10001
 EXPOSE 9464
 # No curl in the image: the stdlib does it. urlopen raises (exit 1) on connection errors and non-2xx answers.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('ROTATOR_METRICS__PORT', '9464'), timeout=4)"]
 ENTRYPOINT ["rotator"]
 CMD ["run"]

@@ -85,7 +85,8 @@ def test_healthcheck_uses_python_not_curl() -> None:
     check = last("HEALTHCHECK")
     assert "CMD" in check
     assert "NONE" not in check.split()
-    assert "http://127.0.0.1:9464/healthz" in check
+    # The port follows ROTATOR_METRICS__PORT (default 9464), so an overridden port stays healthy.
+    assert "http://127.0.0.1:%s/healthz" in check and "ROTATOR_METRICS__PORT" in check and "9464" in check
     assert "urllib" in check
     assert not re.search(r"\b(curl|wget)\b", check)
 
