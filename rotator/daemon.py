@@ -6,6 +6,7 @@ The only module that imports APScheduler. Threads and who owns what::
     scheduler        APScheduler BackgroundScheduler, UTC
       "sweeps"       executor of 1 thread: the regular sweep job and its retries (one sweep at a time)
       "heartbeat"    executor of 1 thread: stamps a monotonic time, pings systemd's watchdog
+      "lease"        executor of 1 thread: renews the leader lease (coordination.lease_table)
     http             ThreadingHTTPServer: /metrics, /healthz, /readyz
 
 Shutdown is cooperative: the stop event tells the App to start no new step; the step in flight (a
@@ -45,6 +46,8 @@ from rotator.app import App, SweepReport
 from rotator.config import ScheduleSettings, Settings, load_settings
 from rotator.errors import RotatorError
 from rotator.events import AwsCall, Event, SweepFinished
+from rotator.lease import Leadership, LeaseError, lease_for
+from rotator.metrics import LeaderChanged
 from rotator.model import Action
 from rotator.sdnotify import Notifier
 
@@ -56,6 +59,7 @@ EXIT_FAILED = 1
 SWEEP_JOB = "sweep"
 RETRY_JOB = "sweep-retry"
 HEARTBEAT_JOB = "heartbeat"
+LEASE_JOB = "lease"
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,7 @@ class Daemon:
         *,
         config_path: str | None = None,
         notifier: Notifier | None = None,
+        leadership: Leadership | None = None,
         timing: DaemonTiming | None = None,
         load: Callable[[str | None], Settings] = load_settings,
         monotonic: Callable[[], float] = time.monotonic,
@@ -167,6 +172,8 @@ class Daemon:
         self.notifier = notifier or Notifier(None)
         self.timing = timing or DaemonTiming()
         self.heartbeat_period = self.timing.heartbeat_for(self.notifier.watchdog)
+        # Only the replica holding the lease sweeps; without a lease table every replica leads.
+        self.leadership: Leadership = leadership or lease_for(app.settings, app.base_aws(), app.bus.emit, app.clock)
         self._load = load
         self._monotonic = monotonic
         self.stop_event = threading.Event()
@@ -192,17 +199,25 @@ class Daemon:
             executors={
                 "default": ThreadPoolExecutor(1),
                 "heartbeat": ThreadPoolExecutor(1),
+                "lease": ThreadPoolExecutor(1),
             },
         )
-        # The heartbeat runs every few seconds: its "Running job" lines would drown the sweep's.
-        logging.getLogger("apscheduler.executors.heartbeat").setLevel(logging.WARNING)
+        # The heartbeat and the lease run every few seconds: their "Running job" lines would drown
+        # the sweep's.
+        for executor in ("heartbeat", "lease"):
+            logging.getLogger(f"apscheduler.executors.{executor}").setLevel(logging.WARNING)
         app.bus.subscribe(self._observe)
         app.metrics.dry_run.set(1 if app.settings.safety.dry_run else 0)
 
     # -- events ----------------------------------------------------------------------------------
 
     def _observe(self, event: Event) -> None:
-        self._progress_at = self._monotonic()
+        # Progress of a sweep, for stall detection: the lease's own calls (its job runs beside the
+        # sweep) must not make a hung sweep look alive.
+        if not isinstance(event, LeaseError | LeaderChanged) and not (
+            isinstance(event, AwsCall) and event.service == "dynamodb"
+        ):
+            self._progress_at = self._monotonic()
         if isinstance(event, AwsCall) and event.outcome == "ok" and self._aws_contact_at is None:
             with self._state_lock:
                 self._aws_contact_at = self.app.clock()
@@ -253,6 +268,18 @@ class Daemon:
             misfire_grace_time=max(1, int(self.heartbeat_period.total_seconds())),
             next_run_time=datetime.now(UTC),
         )
+        renew = self.leadership.renew_interval.total_seconds()
+        self.scheduler.add_job(
+            self.leadership.try_acquire,
+            IntervalTrigger(seconds=renew, timezone=UTC),
+            id=LEASE_JOB,
+            name="lease",
+            executor="lease",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(renew)),
+            next_run_time=datetime.now(UTC),
+        )
 
     def _heartbeat(self) -> None:
         now = self._monotonic()
@@ -277,6 +304,9 @@ class Daemon:
             return
         try:
             self._apply_pending()
+            if not self.leadership.held and not self.leadership.try_acquire():
+                log.info("sweep.skipped", reason="another replica holds the lease", trigger=trigger)
+                return
             self._sweeping_since = self._progress_at = self._monotonic()
             self._stall_reported = False
             result = self._sweep_once(trigger)
@@ -367,7 +397,7 @@ class Daemon:
         if not changed:
             log.info("config.reloaded", changed=[])
             return True
-        restart = [name for name in ("metrics", "logging") if name in changed]
+        restart = [name for name in ("metrics", "logging", "coordination") if name in changed]
         if restart:
             log.warning("config.restart_required", sections=restart, reason="applies at the next start")
         if new.schedule != old.schedule:
@@ -423,6 +453,7 @@ class Daemon:
             "status": "ready" if contact is not None else "waiting for AWS",
             "aws_contact_at": _iso(contact),
             "dry_run": self.app.settings.safety.dry_run,
+            "leader": self.leadership.held,
             "last_sweep": last.to_json() if last is not None else None,
             "next_sweep_at": _iso(job.next_run_time) if job is not None else None,
         }
@@ -501,6 +532,9 @@ class Daemon:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        if finished:
+            # Hand the lease over at once; with a sweep still running it is left to expire instead.
+            self.leadership.release()
         self.notifier.close()
         self._close_wakeup()
         if not finished:

@@ -186,6 +186,21 @@ def test_evaluator_denies_what_the_policy_does_not_grant() -> None:
     assert allowed("sts", "AssumeRole", RoleArn=REMOTE_ROLE)
     assert not allowed("sts", "AssumeRole", RoleArn="arn:aws:iam::111111111111:role/admin")
     assert not allowed("iam", "ListRoles")
+    # A request can need more than its own action: CreateSecret with tags also needs TagResource (granted), with
+    # replicas also ReplicateSecretToRegions (an optional addition the README describes, not in the policy).
+    create = {
+        "service": "secretsmanager",
+        "operation": "CreateSecret",
+        "params": {"Name": "iam-keys/app", "Tags": {"rotator:managed": "true"}, "AddReplicaRegions": ["eu-west-1"]},
+    }
+    assert needed_actions(create) == [
+        "secretsmanager:CreateSecret",
+        "secretsmanager:TagResource",
+        "secretsmanager:ReplicateSecretToRegions",
+    ]
+    resource = resource_of(create, paths, {})
+    granted = [bool(allowing_statements(document, a, resource, create)) for a in needed_actions(create)]
+    assert granted == [True, True, False]
 
 
 # -- 1. what the rotator sends == what the policy allows ------------------------------------------------------
@@ -246,18 +261,18 @@ def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path:
     assert aws.secret("app")["AccessKeyId"] not in (k0, k1)
     assert aws.secret("app", "AWSPREVIOUS")["AccessKeyId"] == k1
     # Someone writes a version by hand: its id is not the rotator's, so it reads the value to learn the key.
-    document = aws.secret("leaky")
-    aws.sm.put_secret_value(SecretId="iam-keys/leaky", SecretString=json.dumps(document), VersionStages=["AWSCURRENT"])
+    by_hand = aws.secret("leaky")
+    aws.sm.put_secret_value(SecretId="iam-keys/leaky", SecretString=json.dumps(by_hand), VersionStages=["AWSCURRENT"])
     (leaky,) = [r for r in json.loads(cli(aws, config, record, "inventory", "--json")) if r["user"] == "leaky"]
-    assert document["AccessKeyId"] in leaky["secret"]["version_keys"].values()
+    assert by_hand["AccessKeyId"] in leaky["secret"]["version_keys"].values()
 
     calls = read_calls(record)
     for call in calls:
         if call["operation"] == "CreateAccessKey" and "CreatedAccessKeyId" in call["params"]:
             key_owners[call["params"]["CreatedAccessKeyId"]] = call["params"]["UserName"]
     sent = operations(calls)
-    document = load_policy()
-    allowed = policy_actions(document)
+    policy = load_policy()
+    allowed = policy_actions(policy)
     print("operations sent:", " ".join(sorted(sent)))
 
     # (a) every operation sent is an action of the policy ...
@@ -272,14 +287,10 @@ def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path:
     # (c) every request is allowed with its resource and conditions, including the actions it implies.
     denied = []
     for call in calls:
-        action = f"{call['service']}:{call['operation']}"
         resource = resource_of(call, paths, key_owners)
-        needed = [action]
-        if action in IMPLIED and call["params"].get(IMPLIED[action][1]):
-            needed.append(IMPLIED[action][0])
-        denied += [
-            (a, resource, call["params"]) for a in needed if not allowing_statements(document, a, resource, call)
-        ]
+        for action in needed_actions(call):
+            if not allowing_statements(policy, action, resource, call):
+                denied.append((action, resource, call["params"]))
     assert not denied, "requests the policy would deny:\n" + "\n".join(map(str, denied))
     # Nothing was sent about the unmanaged user, nothing failed except "no such secret" lookups.
     assert not [c for c in calls if c["params"].get("UserName") == "human"]
@@ -287,50 +298,10 @@ def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path:
     assert {op for op, _ in failures} <= {"secretsmanager:DescribeSecret"}, failures
 
 
-# -- optional features: what they need beyond the policy is what the README tells operators to add -----------
-
-
-def test_optional_features_send_only_what_the_readme_documents(aws: AwsEnv, tmp_path: Path) -> None:
-    """AWS Organizations discovery and secret replicas: their extra actions are exactly those README.md names."""
-    org = aws.client("organizations")
-    org.create_organization(FeatureSet="ALL")
-    root = org.list_roots()["Roots"][0]["Id"]
-    prod = org.create_organizational_unit(ParentId=root, Name="prod")["OrganizationalUnit"]["Id"]
-    nested = org.create_organizational_unit(ParentId=prod, Name="nested")["OrganizationalUnit"]["Id"]
-    member = org.create_account(Email="member@example.com", AccountName="member")["CreateAccountStatus"]["AccountId"]
-    org.move_account(AccountId=member, SourceParentId=root, DestinationParentId=nested)
-    member_iam = remote_account(aws, f"arn:aws:iam::{member}:role/iam-key-rotator")
-    member_iam.create_user(UserName="member", Path="/service/", Tags=[{"Key": "rotator", "Value": "enabled"}])
-    member_iam.create_access_key(UserName="member")
-
-    record = tmp_path / "calls.jsonl"
-    base = CONFIG.format(max_key_age="1h")
-    in_ous = write_config(tmp_path, base + f"organization: {{role_name: iam-key-rotator, include_ous: ['{prod}']}}\n")
-    everywhere = tmp_path / "everywhere.yaml"
-    everywhere.write_text(
-        base + "organization: {role_name: iam-key-rotator}\nsecrets: {replica_regions: [eu-west-1]}\n"
-    )
-    with ThreadPoolExecutor(2) as pool:
-        plan, _ = pool.map(
-            lambda job: cli(aws, job[0], record, *job[1]), [(in_ous, ["plan", "--json"]), (everywhere, ["sweep"])]
-        )
-    assert [(s["account"], s["user"], s["action"]) for s in json.loads(plan)] == [(member, "member", "rotate")]
-    assert len(member_iam.list_access_keys(UserName="member")["AccessKeyMetadata"]) == 2  # bootstrapped
-
-    needed = {action for call in read_calls(record) for action in needed_actions(call)}
-    optional = needed - policy_actions(load_policy())
-    readme = documented_actions(IAM_README.read_text(encoding="utf-8"))
-    assert optional <= readme, f"needed, but neither in the policy nor in the README: {sorted(optional - readme)}"
-    for prefix in ("organizations:", "secretsmanager:ReplicateSecretToRegions"):
-        documented = {a for a in readme if a.startswith(prefix)}
-        used = {a for a in optional if a.startswith(prefix)}
-        assert documented == used, f"README names {sorted(documented - used)}, never needed"
-
-
 # -- 2. the lifecycle with credentials that hold only the policy's actions -----------------------------------
 
 # Unsigned calls before moto starts checking signatures: the rotator user, its policy, the attachment, its key;
-# the role for the multi-account plan and its policy; the managed user and its key.
+# the role for the multi-account inventory and its policy; the managed user and its key.
 SETUP_CALLS = 8
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/iam-key-rotator"
 TRUST_ANYONE = json.dumps(
@@ -436,3 +407,43 @@ def test_lifecycle_with_only_the_policy_actions(least_privilege: AwsEnv, tmp_pat
     assert sent <= policy_actions(load_policy())
     refused = [c for c in calls if c["status"] in (401, 403)]
     assert not refused, f"denied with only the policy's actions: {refused}"
+
+
+# -- 3. optional features: what they need beyond the policy is what the README tells operators to add --------
+
+
+def test_optional_features_send_only_what_the_readme_documents(aws: AwsEnv, tmp_path: Path) -> None:
+    """AWS Organizations discovery and secret replicas: their extra actions are exactly those README.md names."""
+    org = aws.client("organizations")
+    org.create_organization(FeatureSet="ALL")
+    root = org.list_roots()["Roots"][0]["Id"]
+    prod = org.create_organizational_unit(ParentId=root, Name="prod")["OrganizationalUnit"]["Id"]
+    nested = org.create_organizational_unit(ParentId=prod, Name="nested")["OrganizationalUnit"]["Id"]
+    member = org.create_account(Email="member@example.com", AccountName="member")["CreateAccountStatus"]["AccountId"]
+    org.move_account(AccountId=member, SourceParentId=root, DestinationParentId=nested)
+    member_iam = remote_account(aws, f"arn:aws:iam::{member}:role/iam-key-rotator")
+    member_iam.create_user(UserName="member", Path="/service/", Tags=[{"Key": "rotator", "Value": "enabled"}])
+    member_iam.create_access_key(UserName="member")
+
+    record = tmp_path / "calls.jsonl"
+    base = CONFIG.format(max_key_age="1h")
+    in_ous = write_config(tmp_path, base + f"organization: {{role_name: iam-key-rotator, include_ous: ['{prod}']}}\n")
+    everywhere = tmp_path / "everywhere.yaml"
+    everywhere.write_text(
+        base + "organization: {role_name: iam-key-rotator}\nsecrets: {replica_regions: [eu-west-1]}\n"
+    )
+    with ThreadPoolExecutor(2) as pool:
+        inventory, _ = pool.map(
+            lambda job: cli(aws, job[0], record, *job[1]), [(in_ous, ["inventory", "--json"]), (everywhere, ["sweep"])]
+        )
+    assert [(r["account"], r["user"]) for r in json.loads(inventory)] == [(member, "member")]  # nested OU, only
+    assert len(member_iam.list_access_keys(UserName="member")["AccessKeyMetadata"]) == 2  # bootstrapped
+
+    needed = {action for call in read_calls(record) for action in needed_actions(call)}
+    optional = needed - policy_actions(load_policy())
+    readme = documented_actions(IAM_README.read_text(encoding="utf-8"))
+    assert optional <= readme, f"needed, but neither in the policy nor in the README: {sorted(optional - readme)}"
+    for prefix in ("organizations:", "secretsmanager:ReplicateSecretToRegions"):
+        documented = {a for a in readme if a.startswith(prefix)}
+        used = {a for a in optional if a.startswith(prefix)}
+        assert documented == used, f"README names {sorted(documented - used)}, never needed"

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +25,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from conftest import REGION, ROOT, AwsEnv, assert_no_secrets, free_port, write_config
+from conftest import REGION, ROOT, AwsEnv, assert_no_secrets, cli_argv, free_port, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,6 +40,7 @@ def config_text(
     dry_run: bool = False,
     max_key_age: str = "8s",
     validation_timeout: str = "2s",
+    lease_table: str | None = None,
 ) -> str:
     return f"""\
 schedule: {{interval: {interval}}}
@@ -57,6 +57,7 @@ aws:
   validation_timeout: {validation_timeout}
   max_calls_per_second: 1000
   max_attempts: 2
+coordination: {{lease_table: {lease_table or "null"}}}
 """
 
 
@@ -71,7 +72,7 @@ class Daemon:
         self._stdout = self.stdout_path.open("wb")
         self._stderr = self.stderr_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rotator.cli", "--config", str(config), "run"],
+            [*cli_argv(), "--config", str(config), "run"],
             stdout=self._stdout,
             stderr=self._stderr,
             env=env,
@@ -442,3 +443,47 @@ def test_no_notify_socket_is_silent(aws: AwsEnv, tmp_path: Path) -> None:
         code, _ = run.stop()
         assert code == 0
         run.assert_clean_output(aws.created_secrets)
+
+
+# -- two replicas ------------------------------------------------------------------------------------
+
+
+def test_two_replicas_sweep_only_on_the_lease_holder_and_hand_over_on_stop(aws: AwsEnv, tmp_path: Path) -> None:
+    table = "rotator-leases"
+    aws.client("dynamodb").create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "name", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "name", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    users = ["shared"]
+    aws.user(users[0])
+    port_a, port_b = free_port(), free_port()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    config_a = write_config(tmp_path / "a", config_text(port_a, max_key_age="1h", lease_table=table))
+    config_b = write_config(tmp_path / "b", config_text(port_b, max_key_age="1h", lease_table=table))
+    with daemon(tmp_path, config_a, port_a, aws.env, name="a") as first:
+        first.wait_http()
+        first.wait_for(lambda: first.value("rotator_leader") == 1, 20, "the first replica to lead")
+        with daemon(tmp_path, config_b, port_b, aws.env, name="b") as second:
+            second.wait_http()
+            second.wait_for(lambda: len(second.events_named("sweep.skipped")) >= 2, 20, "the standby to skip sweeps")
+            assert second.value("rotator_leader") == 0
+            assert not second.events_named("sweep.started"), "the standby never sweeps"
+            status, ready = second.get_json("/readyz")
+            assert status == 200, "a standby that reached AWS is ready"
+            assert ready["leader"] is False
+            assert first.get_json("/readyz")[1]["leader"] is True
+
+            code, _ = first.stop()
+            assert code == 0
+            second.wait_for(lambda: second.value("rotator_leader") == 1, 20, "the standby to take over")
+            second.wait_for(lambda: second.events_named("sweep.finished"), 20, "a sweep on the new leader")
+            code, _ = second.stop()
+            assert code == 0
+            collect_secrets(aws, users)
+            assert_converged(aws, users)
+            assert len(aws.keys(users[0])) == 2, "one rotation in all, by whichever replica led"
+            second.assert_clean_output(aws.created_secrets)
+        first.assert_clean_output(aws.created_secrets)

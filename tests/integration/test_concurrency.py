@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, AwsEnv, assert_no_secrets, run_cli
+from conftest import ROOT, AwsEnv, assert_no_secrets, cli_argv, run_cli
 
 CRASHER = ROOT / "tests" / "crashing_rotator.py"
 BOOTSTRAP_USERS = [f"boot-{n:02d}" for n in range(25)]
@@ -84,7 +84,7 @@ class Proc:
 
 
 def start(aws: AwsEnv, cfg: Path, args: list[str]) -> tuple[list[str], subprocess.Popen[str]]:
-    argv = [sys.executable, "-m", "rotator.cli", "--config", str(cfg), *args]
+    argv = [*cli_argv(), "--config", str(cfg), *args]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=aws.env, cwd=ROOT)
     return argv, proc
 

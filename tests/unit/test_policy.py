@@ -176,14 +176,12 @@ DISABLE_DUE = T0 + GRACE
 PUBLISHED_AT_T0 = published(CUR, T0)
 
 
-def steady(*extra: AccessKey, previous: AccessKey | None = PREVIOUS, **tags: str) -> UserState:
+def steady(*extra: AccessKey, previous: AccessKey | None = PREVIOUS) -> UserState:
     """CUR current (published at T0), optionally ``previous`` in AWSPREVIOUS, plus ``extra`` keys."""
     keys = (CURRENT, previous, *extra) if previous is not None else (CURRENT, *extra)
-    secret_tags = dict(PUBLISHED_AT_T0)
-    secret_tags.update(tags)
     return user(
         *keys,
-        secret=secret(current=CUR, previous=previous.key_id if previous else None, tags=secret_tags),
+        secret=secret(current=CUR, previous=previous.key_id if previous else None, tags=PUBLISHED_AT_T0),
     )
 
 
@@ -238,28 +236,28 @@ def assert_steps(plan: UserPlan, expected: Sequence[Expect]) -> None:
         assert expect.matches(step), (expect, described)
 
 
-def skip(key_id: str | None, reason: str, **kw: object) -> Expect:
-    return Expect(Action.SKIP, key_id, reason, **kw)  # type: ignore[arg-type]
+def skip(key_id: str | None, reason: str, *, due_at: datetime | None = None) -> Expect:
+    return Expect(Action.SKIP, key_id, reason, due_at)
 
 
-def rotate(key_id: str | None, reason: str = "", **kw: object) -> Expect:
-    return Expect(Action.ROTATE, key_id, reason, **kw)  # type: ignore[arg-type]
+def rotate(key_id: str | None, reason: str = "", *, due_at: datetime | None = None, resume: bool = False) -> Expect:
+    return Expect(Action.ROTATE, key_id, reason, due_at, resume=resume)
 
 
-def disable(key_id: str, reason: str = "", **kw: object) -> Expect:
-    return Expect(Action.DISABLE, key_id, reason, **kw)  # type: ignore[arg-type]
+def disable(key_id: str, reason: str = "", *, due_at: datetime | None = None, loud: bool = False) -> Expect:
+    return Expect(Action.DISABLE, key_id, reason, due_at, loud=loud)
 
 
-def delete(key_id: str, reason: str = "", **kw: object) -> Expect:
-    return Expect(Action.DELETE, key_id, reason, **kw)  # type: ignore[arg-type]
+def delete(key_id: str, reason: str = "", *, due_at: datetime | None = None) -> Expect:
+    return Expect(Action.DELETE, key_id, reason, due_at)
 
 
-def cleanup(key_id: str, reason: str = "", **kw: object) -> Expect:
-    return Expect(Action.CLEANUP, key_id, reason, **kw)  # type: ignore[arg-type]
+def cleanup(key_id: str, reason: str = "", *, due_at: datetime | None = None) -> Expect:
+    return Expect(Action.CLEANUP, key_id, reason, due_at)
 
 
-def hold(key_id: str, reason: str = "", **kw: object) -> Expect:
-    return Expect(Action.HOLD, key_id, reason, **kw)  # type: ignore[arg-type]
+def hold(key_id: str, reason: str = "", *, due_at: datetime | None = None) -> Expect:
+    return Expect(Action.HOLD, key_id, reason, due_at)
 
 
 # Times for the in-flight cases: a rotation marked the user at MARK, shortly after CUR fell due.
@@ -707,40 +705,39 @@ def test_decide_is_a_pure_function_of_its_arguments() -> None:
 
 
 FORCED_CASES = [
-    pytest.param(steady(previous=None), False, [rotate(CUR, "forced rotation", due_at=at(days=1))], id="young"),
+    pytest.param(steady(previous=None), False, at(days=1), [rotate(CUR, "forced rotation")], id="young-key"),
     pytest.param(
         steady(),
         True,
+        at(days=1),
         [delete(PRE, "--revoke"), rotate(CUR, "forced rotation with --revoke")],
         id="revoke-deletes-previous-first",
     ),
     pytest.param(
         steady(key(STRAY, INACTIVE), previous=None),
         False,
+        at(days=1),
         [delete(STRAY, "frees a key slot"), rotate(CUR)],
         id="stray-deleted-first",
     ),
-    pytest.param(user(key(OLD)), False, [rotate(OLD, "forced")], id="bootstrap-one-key"),
-    pytest.param(user(), False, [rotate(None, "forced")], id="bootstrap-no-key"),
+    pytest.param(user(key(OLD)), False, at(days=1), [rotate(OLD, "forced")], id="bootstrap-one-key"),
+    pytest.param(user(), False, at(days=1), [rotate(None, "forced")], id="bootstrap-no-key"),
     pytest.param(
         in_flight_user(key(NEW, created=MARK)),
         False,
+        MARK + WINDOW,
         [cleanup(NEW, "orphan"), rotate(CUR, "forced")],
         id="orphan-past-window-cleaned-first",
     ),
 ]
 
 
-@pytest.mark.parametrize(("state", "revoke", "expected"), FORCED_CASES)
-def test_decide_forced(state: UserState, revoke: bool, expected: Sequence[Expect]) -> None:
-    now = MARK + timedelta(days=1) if state.tags else at(days=1)
-    expected = [
-        Expect(e.action, e.key_id, e.reason, now, e.loud, e.resume) if e.due_at is None else e for e in expected
-    ]
-
+@pytest.mark.parametrize(("state", "revoke", "now", "expected"), FORCED_CASES)
+def test_decide_forced(state: UserState, revoke: bool, now: datetime, expected: Sequence[Expect]) -> None:
     plan = decide_forced(state, policy(), now, revoke=revoke)
 
     assert_steps(plan, expected)
+    assert all(step.due_at == now for step in plan.steps)  # forced: everything is due now
     assert plan.upcoming == ()
 
 
@@ -832,16 +829,14 @@ def test_repairs_needed(state: UserState, expected: RepairNeeded) -> None:
 def test_classify_sorts_every_role() -> None:
     state = user(
         CURRENT,
+        key(OLD),  # replaced by a bootstrap: named only by the publication tags
+        key(PEND),
         key(NEW, created=MARK),
+        key(OTHER, created=MARK - timedelta(seconds=30)),  # near the mark, but existed before it
+        key(FOREIGN, created=at(days=-1)),
+        key(STRAY, INACTIVE),
         secret=secret(current=CUR, pending=PEND, tags=published(CUR, T0, previous=OLD)),
-        tags=started(MARK),
-    )
-    state = UserState(
-        account=state.account,
-        user=state.user,
-        tags=state.tags,
-        keys=(*state.keys, key(OLD), key(PEND), key(FOREIGN, created=at(days=-1)), key(STRAY, INACTIVE)),
-        secret=state.secret,
+        tags=started(MARK, CUR, OLD, PEND, OTHER),
     )
 
     roles = classify(state, policy())
@@ -850,7 +845,7 @@ def test_classify_sorts_every_role() -> None:
     assert roles.previous == key(OLD)
     assert roles.pending == key(PEND)
     assert [k.key_id for k in roles.orphans] == [NEW]
-    assert [k.key_id for k in roles.foreign] == [FOREIGN]
+    assert [k.key_id for k in roles.foreign] == [OTHER, FOREIGN]
     assert [k.key_id for k in roles.strays] == [STRAY]
 
 
@@ -979,6 +974,7 @@ def stagings(draw: st.DrawFn, key_ids: tuple[str, ...]) -> tuple[str | None, ...
     layout = draw(st.sampled_from(("steady", "steady", "roles", "anything")))
     if layout == "anything":
         return tuple(draw(anything) for _ in range(4))
+    current: str | None
     if layout == "steady":
         current = key_ids[0] if key_ids else HYPO_GONE[0]
         second = key_ids[1] if len(key_ids) > 1 else None
@@ -1230,7 +1226,7 @@ def assert_lifecycle_respected(scenario: Scenario, plan: UserPlan) -> None:
             assert step.action is Action.DISABLE or policy_.disable_guard is GuardMode.HOLD
         elif step.action is Action.DELETE:
             assert target is not None and not target.active
-            if step.key_id == previous:
+            if previous is not None and step.key_id == previous:
                 disabled_at = secret_.disabled_at(previous)
                 assert disabled_at is not None, "retention counted from an unrecorded disable"
                 assert now >= disabled_at + policy_.retention
