@@ -209,7 +209,7 @@ def measure_idle(daemon: Daemon, idle_seconds: float) -> None:
     cpu_used, wall = cpu_seconds(pid) - cpu_before, time.monotonic() - wall_before
     per_hour = cpu_used / wall * 3600
     print(
-        f"CPU idle: {cpu_used:.2f} s over a {wall:.1f} s window "
+        f"CPU idle: {cpu_used:.2f} s (ticks of {1 / TICKS:g} s) over a {wall:.1f} s window "
         f"=> {per_hour:.1f} CPU seconds per idle hour ({per_hour / 36:.3f}% of one core)"
     )
 
