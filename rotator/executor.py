@@ -227,8 +227,7 @@ class Executor:
     ) -> None:
         for step in plan.steps:
             if step.action is Action.SKIP:
-                outcome.skipped.append(step)
-                self.emit(ActionSkipped(**self._ctx(step), action=step.action, reason=step.reason))
+                self._skip(outcome.skipped, step, step.reason)
                 continue
             if step.action is Action.HOLD:
                 outcome.held.append(step)
@@ -249,31 +248,16 @@ class Executor:
                 outcome.deferred.append(step)
                 continue
             if not budget.take():
-                outcome.deferred.append(step)
-                self.emit(
-                    ActionSkipped(
-                        **self._ctx(step),
-                        action=step.action,
-                        reason="deferred: safety.max_actions_per_sweep reached",
-                    )
-                )
+                self._skip(outcome.deferred, step, "deferred: safety.max_actions_per_sweep reached")
                 continue
             try:
                 state = self._apply(state, policy, step, revoke=revoke)
             except ConcurrentlyDone as exc:
-                outcome.skipped.append(step)
-                self.emit(ActionSkipped(**self._ctx(step), action=step.action, reason=str(exc)))
+                self._skip(outcome.skipped, step, str(exc))
                 return
             except LimitExceededError:
                 # I1/I8: another process took the free key slot first; its rotation stands.
-                outcome.skipped.append(step)
-                self.emit(
-                    ActionSkipped(
-                        **self._ctx(step),
-                        action=step.action,
-                        reason="key limit reached: a concurrent rotation won",
-                    )
-                )
+                self._skip(outcome.skipped, step, "key limit reached: a concurrent rotation won")
                 return
             except RotatorError as exc:
                 outcome.failed.append((step, str(exc)))
@@ -551,6 +535,10 @@ class Executor:
             self._failed(state.user, None, Action.SKIP, exc)
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _skip(self, into: list[Step], step: Step, reason: str) -> None:
+        into.append(step)
+        self.emit(ActionSkipped(**self._ctx(step), action=step.action, reason=reason))
 
     def _ctx(self, step: Step) -> _Context:
         return {"account": step.account, "user": step.user, "key_id": step.key_id, "sweep_id": self.sweep_id}
