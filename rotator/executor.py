@@ -530,7 +530,13 @@ class Executor:
                 )
             current_version = state.secret.version_with(AWSCURRENT)
             if current_version and AWSPENDING in state.secret.versions.get(current_version, ()):
-                self.aws.move_stage(state.secret.name, AWSPENDING, from_version=current_version)
+                try:
+                    self.aws.move_stage(state.secret.name, AWSPENDING, from_version=current_version)
+                except AwsError as exc:
+                    # The publishing run removed the label between our read and this call: the
+                    # goal holds (Secrets Manager rejects removing a label a version no longer has).
+                    if exc.code != "InvalidParameterException":
+                        raise
         except AwsError as exc:
             self._failed(state.user, None, Action.SKIP, exc)
 

@@ -1,0 +1,458 @@
+"""Every dashboard query and every alert expression against a real Prometheus scraping a real daemon.
+
+A ``rotator run`` daemon (2 s interval, second-scale policy) works against the moto server; a real
+Prometheus (Debian package ``prometheus``; the test fails, not skips, without it) listens on 127.0.0.1 only,
+scrapes it every second under ``job="rotator"`` and loads ``deploy/prometheus/alerts.yml``. moto is seeded so
+that every series the queries select exists:
+
+* ``app-due``: its pre-existing key is replaced (bootstrap rotation), disabled after the 3 s grace period and
+  deleted after the 3 s retention: ``rotate``/``disable``/``delete`` successes, per-key and next-action gauges;
+* ``app-held``: a consumer keeps signing ``sts:GetCallerIdentity`` with the old key (quiet period 1 h), so the
+  guard holds it (``key.held``, ``rotator_actions_total{action="disable",result="held"}``);
+* ``app-broken``: a malformed ``rotator:max-key-age`` tag makes its step a problem, so sweeps fail
+  (``result="failure"`` of actions and sweeps); once that happened the test removes the tag, the user is
+  bootstrapped and later sweeps succeed (``rotator_last_sweep_success_timestamp_seconds``);
+* ``app-unmanaged``: untagged, so it must not show up in the dashboard's ``user`` variable;
+* throttling: the daemon reaches moto through a small proxy that answers every 4th first attempt of an IAM read
+  with ``Throttling`` (botocore retries it), so ``rotator_aws_api_calls_total{outcome="throttled"}`` exists.
+
+Checks, through Prometheus' HTTP API (``/api/v1/query``):
+
+* every dashboard target ``expr`` (``dashboard_queries.dashboard_exprs``; ``$__rate_interval`` = 30s, a window
+  inside this run) parses (``status: success``) and returns a non-empty result, with the variables set to
+  "All" (``.*``) and again to a concrete account and two users;
+* every template variable's ``label_values(selector, label)``: the equivalent PromQL
+  (``dashboard_queries.variable_exprs``) returns data, and ``/api/v1/label/<label>/values?match[]=selector``
+  (what Grafana asks) lists the account and exactly the managed users;
+* every alert expression parses. An alert is silent in a healthy run, so "returns data" is checked on its
+  *underlying series*: ``ALERT_INNER`` says, per alert, which comparison to strip (e.g. ``" > 0"``) or which
+  wrapper to unwrap (``absent(x)`` -> ``x``). Each replaced text must occur exactly once in the rule's
+  ``expr`` (the table cannot silently drift from alerts.yml), every alert must have an entry, and the
+  resulting expression must return data. Prometheus evaluates the rule file too; every rule must report
+  ``health: ok``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psutil
+import pytest
+import yaml
+from conftest import REGION, ROOT, AwsEnv, cli_argv, free_port, write_config
+from dashboard_queries import ALERTS, DASHBOARD, dashboard_exprs, raw_dashboard_exprs, variable_exprs
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+
+ACCOUNT = "123456789012"  # moto's default account
+MANAGED = ("app-due", "app-held", "app-broken")
+UNMANAGED = "app-unmanaged"
+RATE_INTERVAL = "30s"
+DEADLINE = 75.0  # seconds from the daemon's start until every query must have returned data
+
+#: Per alert: (text in its expr, replacement) that leaves the series the alert compares.
+ALERT_INNER: dict[str, tuple[str, str]] = {
+    "RotatorDown": (" == 0", ""),
+    "RotatorAbsent": ('absent(up{job="rotator"})', 'up{job="rotator"}'),
+    "RotatorKeyPastMaxAge": (" < time() - 7200", ""),
+    "RotatorKeyHeld": (" > 0", ""),
+    "RotatorActionFailures": (" > 0", ""),
+    "RotatorSweepsFailing": (" > 0", ""),
+    "RotatorNoRecentSuccess": (" > 7200", ""),
+    "RotatorAwsThrottling": (" > 0.1", ""),
+}
+
+CONFIG = """\
+schedule: {{interval: 2s}}
+policy:
+  max_key_age: 1h
+  grace_period: 3s
+  retention: 3s
+  disable_guard: hold
+  quiet_period: 1h
+  max_hold: 1h
+metrics: {{address: 127.0.0.1, port: {port}}}
+aws:
+  validation_timeout: 5s
+  max_calls_per_second: 1000
+  max_attempts: 4
+"""
+
+PROMETHEUS_CONFIG = """\
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files: [{rules}]
+scrape_configs:
+  - job_name: rotator
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+"""
+
+
+# -- a throttling proxy in front of moto ----------------------------------------------------------------
+
+IAM_READS = re.compile(r"^(List|Get)\w+$")
+THROTTLED_BODY = (
+    b'<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><Error><Type>Sender</Type>'
+    b"<Code>Throttling</Code><Message>Rate exceeded</Message></Error>"
+    b"<RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>"
+)
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
+
+
+class ThrottlingProxy(ThreadingHTTPServer):
+    """Forwards every request to moto unchanged, except every ``every``-th first attempt of an IAM read."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, every: int = 4) -> None:
+        parsed = urllib.parse.urlsplit(upstream)
+        self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.every = every
+        self.eligible = 0
+        self.throttled = 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.thread = threading.Thread(target=self.serve_forever, name="throttling-proxy", daemon=True)
+        self.thread.start()
+
+    def should_throttle(self, headers: Any, body: bytes) -> bool:
+        # botocore numbers its attempts; retries always pass, so the throttling never exhausts max_attempts.
+        if not str(headers.get("amz-sdk-request", "")).startswith("attempt=1;"):
+            return False
+        if "/iam/aws4_request" not in str(headers.get("Authorization", "")):
+            return False
+        action = urllib.parse.parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
+        if not IAM_READS.match(action):
+            return False
+        with self.lock:
+            self.eligible += 1
+            if self.eligible % self.every:
+                return False
+            self.throttled += 1
+            return True
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ThrottlingProxy
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.server.should_throttle(self.headers, body):
+            self._reply(400, [("Content-Type", "text/xml")], THROTTLED_BODY)
+            return
+        upstream = http.client.HTTPConnection(*self.server.upstream, timeout=30)
+        try:
+            # The Host header is passed on as signed; http.client then adds none of its own.
+            upstream.request(self.command, self.path, body=body or None, headers=dict(self.headers.items()))
+            response = upstream.getresponse()
+            data = response.read()
+            headers = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
+            status = response.status
+        finally:
+            upstream.close()
+        self._reply(status, headers, data)
+
+    def _reply(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's signature
+        return
+
+
+# -- processes ----------------------------------------------------------------------------------------------
+
+
+class Proc:
+    """A subprocess with its output in files; :meth:`stop` sends SIGTERM, then SIGKILL."""
+
+    def __init__(self, argv: list[str], tmp_path: Path, name: str, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.stdout_path = tmp_path / f"{name}.stdout"
+        self.stderr_path = tmp_path / f"{name}.stderr"
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=tmp_path)
+
+    def alive(self) -> None:
+        assert self.proc.poll() is None, f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}"
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.stderr_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def daemon_samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    try:
+        status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    except OSError:
+        return {}
+    if status != 200:
+        return {}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+class PromApi:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+
+    def get(self, path: str, **params: str | list[str]) -> dict[str, Any]:
+        query = urllib.parse.urlencode(params, doseq=True)
+        status, body = http_get(f"{self.base}{path}?{query}", timeout=10)
+        document: dict[str, Any] = json.loads(body)
+        document["http_status"] = status
+        return document
+
+    def query(self, expr: str) -> dict[str, Any]:
+        return self.get("/api/v1/query", query=expr)
+
+    def ready(self) -> bool:
+        try:
+            return http_get(f"{self.base}/-/ready", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+
+def consumer_uses(aws: AwsEnv, key_id: str, secret: str) -> None:
+    """An application still configured with the old key: any signed call records the key's last use."""
+    sts = boto3.client(
+        "sts",
+        endpoint_url=aws.url,
+        region_name=REGION,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+    )
+    sts.get_caller_identity()
+
+
+def wait_for(condition: Callable[[], bool], deadline: float, what: str, *procs: Proc) -> None:
+    while time.monotonic() < deadline:
+        for proc in procs:
+            proc.alive()
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- the checks ---------------------------------------------------------------------------------------------
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    data = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    return [rule for group in data["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def alert_inner_exprs() -> dict[str, str]:
+    """Alert name -> its expression without the threshold (see ``ALERT_INNER``)."""
+    rules = alert_rules()
+    assert {str(rule["alert"]) for rule in rules} == set(ALERT_INNER), "ALERT_INNER must cover every alert"
+    inner = {}
+    for rule in rules:
+        name, expr = str(rule["alert"]), str(rule["expr"]).strip()
+        old, new = ALERT_INNER[name]
+        assert expr.count(old) == 1, f"{name}: {old!r} must occur exactly once in {expr!r}"
+        inner[name] = expr.replace(old, new)
+    return inner
+
+
+def variable_selectors() -> list[tuple[str, str]]:
+    """(label, selector) of each ``label_values`` variable, from ``variable_exprs``' ``group by (l) (sel)``."""
+    out = []
+    for expr in variable_exprs(DASHBOARD):
+        match = re.fullmatch(r"group by \((\w+)\) \((.+)\)", expr, re.DOTALL)
+        assert match, expr
+        out.append((match[1], match[2]))
+    return out
+
+
+def query_problems(api: PromApi, exprs: list[str], *, need_data: bool) -> list[str]:
+    problems = []
+    for expr in exprs:
+        answer = api.query(expr)
+        if answer.get("status") != "success":
+            problems.append(f"{expr}: {answer.get('errorType')}: {answer.get('error')}")
+        elif need_data and not answer["data"]["result"]:
+            problems.append(f"{expr}: no data")
+    return problems
+
+
+def all_problems(api: PromApi) -> list[str]:
+    """Everything that is not (yet) as it must be; empty when all checks pass."""
+    every = {"__rate_interval": RATE_INTERVAL}
+    concrete = {**every, "account": ACCOUNT, "user": "app-due|app-held"}
+    problems = query_problems(api, dashboard_exprs(DASHBOARD, every), need_data=True)
+    with_variables = [e for e in raw_dashboard_exprs(DASHBOARD) if "$account" in e or "$user" in e]
+    problems += [f"(account/user set) {p}" for p in query_problems(api, dashboard_exprs_of(with_variables, concrete))]
+    problems += query_problems(api, variable_exprs(DASHBOARD), need_data=True)
+    for label, selector in variable_selectors():
+        answer = api.get(f"/api/v1/label/{label}/values", **{"match[]": selector})
+        if answer.get("status") != "success" or not answer["data"]:
+            problems.append(f"label_values({selector}, {label}): {answer}")
+    problems += query_problems(api, [str(rule["expr"]) for rule in alert_rules()], need_data=False)
+    problems += [f"(alert inner) {p}" for p in query_problems(api, list(alert_inner_exprs().values()), need_data=True)]
+    rules = api.get("/api/v1/rules")
+    for group in rules.get("data", {}).get("groups", []):
+        for rule in group["rules"]:
+            if rule.get("health") != "ok":
+                problems.append(f"rule {rule['name']}: health {rule.get('health')} {rule.get('lastError', '')}")
+    return problems
+
+
+def dashboard_exprs_of(raw: list[str], substitutions: dict[str, str]) -> list[str]:
+    from dashboard_queries import substitute  # noqa: PLC0415 - kept next to its only use
+
+    return [substitute(expr, substitutions) for expr in raw]
+
+
+# -- the test -----------------------------------------------------------------------------------------------
+
+
+def test_every_dashboard_query_and_alert_expression_returns_data(aws: AwsEnv, tmp_path: Path) -> None:
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.fail("prometheus not found: install the Debian package 'prometheus'")
+
+    aws.user("app-due")
+    (held_key,) = aws.user("app-held")
+    held_secret = aws.created_secrets[-1]
+    aws.user("app-broken", tags={"rotator:max-key-age": "soon"})
+    aws.user(UNMANAGED, managed=False)
+    consumer_uses(aws, held_key, held_secret)
+
+    metrics_port, prometheus_port = free_port(), free_port()
+    config = write_config(tmp_path, CONFIG.format(port=metrics_port))
+    (tmp_path / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(rules=json.dumps(str(ALERTS)), port=metrics_port))
+    proxy = ThrottlingProxy(aws.url)
+    env = aws.env
+    env["AWS_ENDPOINT_URL"] = proxy.url
+    procs: list[Proc] = []
+    try:
+        started = time.monotonic()
+        deadline = started + DEADLINE
+        daemon = Proc([*cli_argv(), "--config", str(config), "run"], tmp_path, "rotator", env)
+        procs.append(daemon)
+        prom = Proc(
+            [
+                prometheus,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prometheus_port}",
+            ],
+            tmp_path,
+            "prometheus",
+            {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
+        )
+        procs.append(prom)
+        api = PromApi(prometheus_port)
+        wait_for(api.ready, started + 30, "Prometheus to be ready", prom)
+        listening = {
+            c.laddr.ip for c in psutil.Process(prom.proc.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN
+        }
+        assert listening == {"127.0.0.1"}, f"Prometheus must listen on 127.0.0.1 only, not {listening}"
+
+        def failed_then(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> bool:
+            return (
+                samples.get(("rotator_sweeps_total", (("result", "failure"),)), 0) >= 1
+                and samples.get(("rotator_actions_total", (("action", "skip"), ("result", "failure"))), 0) >= 1
+            )
+
+        wait_for(lambda: failed_then(daemon_samples(metrics_port)), deadline, "a failed sweep", daemon)
+        # The operator fixes the tag: the user is bootstrapped and the sweeps succeed from now on.
+        aws.iam.untag_user(UserName="app-broken", TagKeys=["rotator:max-key-age"])
+
+        def lifecycle_seen() -> bool:
+            consumer_uses(aws, held_key, held_secret)  # the consumer keeps using the old key
+            samples = daemon_samples(metrics_port)
+            done = {
+                (action, result): samples.get(("rotator_actions_total", (("action", action), ("result", result))), 0)
+                for action, result in [("rotate", "success"), ("disable", "success"), ("delete", "success")]
+                + [("disable", "held")]
+            }
+            return (
+                all(done.values())
+                and samples.get(("rotator_last_sweep_success_timestamp_seconds", ()), 0) > 0
+                and any(name == "rotator_aws_api_calls_total" and ("outcome", "throttled") in labels
+                        for name, labels in samples)
+            )
+
+        wait_for(lifecycle_seen, deadline, "rotate, disable, delete, held, throttled and a successful sweep", daemon)
+
+        problems: list[str] = []
+
+        def all_good() -> bool:
+            consumer_uses(aws, held_key, held_secret)
+            problems[:] = all_problems(api)
+            return not problems
+
+        try:
+            wait_for(all_good, deadline, "every query to return data", daemon, prom)
+        except AssertionError:
+            raise AssertionError("queries without data or failing:\n" + "\n".join(problems)) from None
+
+        # The user variable lists exactly the managed users (the unmanaged one is never exported).
+        for label, selector in variable_selectors():
+            values = set(api.get(f"/api/v1/label/{label}/values", **{"match[]": selector})["data"])
+            assert values == ({ACCOUNT} if label == "account" else set(MANAGED)), (label, values)
+        assert proxy.throttled >= 1
+        assert "key.held" in daemon.stderr_path.read_text()
+        daemon.alive()
+        prom.alive()
+    finally:
+        codes = {proc.name: proc.stop() for proc in reversed(procs)}
+        proxy.stop()
+    assert codes.get("rotator") == 0, daemon.tail()
+    assert time.monotonic() - started < 90
