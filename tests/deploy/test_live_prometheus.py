@@ -55,8 +55,8 @@ import boto3
 import psutil
 import pytest
 import yaml
-from conftest import REGION, ROOT, AwsEnv, cli_argv, free_port, write_config
-from dashboard_queries import ALERTS, DASHBOARD, dashboard_exprs, raw_dashboard_exprs, variable_exprs
+from conftest import REGION, AwsEnv, cli_argv, free_port, write_config
+from dashboard_queries import ALERTS, DASHBOARD, dashboard_exprs, raw_dashboard_exprs, substitute, variable_exprs
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -138,7 +138,7 @@ class ThrottlingProxy(ThreadingHTTPServer):
 
     def should_throttle(self, headers: Any, body: bytes) -> bool:
         # botocore numbers its attempts; retries always pass, so the throttling never exhausts max_attempts.
-        if not str(headers.get("amz-sdk-request", "")).startswith("attempt=1;"):
+        if re.match(r"attempt=1\b", str(headers.get("amz-sdk-request", ""))) is None:
             return False
         if "/iam/aws4_request" not in str(headers.get("Authorization", "")):
             return False
@@ -179,7 +179,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self._reply(status, headers, data)
 
     def _reply(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
-        self.send_response(status)
+        self.send_response_only(status)  # upstream's own Server and Date headers are passed on
         for key, value in headers:
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(data)))
@@ -189,7 +189,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's signature
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
 
@@ -223,6 +223,9 @@ class Proc:
         return self.proc.returncode
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
 def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -231,7 +234,7 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def daemon_samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def daemon_samples(port: int) -> Samples:
     try:
         status, body = http_get(f"http://127.0.0.1:{port}/metrics")
     except OSError:
@@ -285,7 +288,7 @@ def wait_for(condition: Callable[[], bool], deadline: float, what: str, *procs: 
         if condition():
             return
         time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}; stderr tails:\n" + "\n".join(p.tail() for p in procs))
 
 
 # -- the checks ---------------------------------------------------------------------------------------------
@@ -335,8 +338,10 @@ def all_problems(api: PromApi) -> list[str]:
     every = {"__rate_interval": RATE_INTERVAL}
     concrete = {**every, "account": ACCOUNT, "user": "app-due|app-held"}
     problems = query_problems(api, dashboard_exprs(DASHBOARD, every), need_data=True)
-    with_variables = [e for e in raw_dashboard_exprs(DASHBOARD) if "$account" in e or "$user" in e]
-    problems += [f"(account/user set) {p}" for p in query_problems(api, dashboard_exprs_of(with_variables, concrete))]
+    with_variables = [
+        substitute(e, concrete) for e in raw_dashboard_exprs(DASHBOARD) if "$account" in e or "$user" in e
+    ]
+    problems += [f"(account/user set) {p}" for p in query_problems(api, with_variables, need_data=True)]
     problems += query_problems(api, variable_exprs(DASHBOARD), need_data=True)
     for label, selector in variable_selectors():
         answer = api.get(f"/api/v1/label/{label}/values", **{"match[]": selector})
@@ -344,18 +349,15 @@ def all_problems(api: PromApi) -> list[str]:
             problems.append(f"label_values({selector}, {label}): {answer}")
     problems += query_problems(api, [str(rule["expr"]) for rule in alert_rules()], need_data=False)
     problems += [f"(alert inner) {p}" for p in query_problems(api, list(alert_inner_exprs().values()), need_data=True)]
-    rules = api.get("/api/v1/rules")
-    for group in rules.get("data", {}).get("groups", []):
-        for rule in group["rules"]:
-            if rule.get("health") != "ok":
-                problems.append(f"rule {rule['name']}: health {rule.get('health')} {rule.get('lastError', '')}")
+    loaded = [rule for group in api.get("/api/v1/rules")["data"]["groups"] for rule in group["rules"]]
+    if sorted(rule["name"] for rule in loaded) != sorted(str(rule["alert"]) for rule in alert_rules()):
+        problems.append(f"Prometheus loaded the rules {sorted(rule['name'] for rule in loaded)}")
+    problems += [
+        f"rule {rule['name']}: health {rule.get('health')} {rule.get('lastError', '')}"
+        for rule in loaded
+        if rule.get("health") != "ok"
+    ]
     return problems
-
-
-def dashboard_exprs_of(raw: list[str], substitutions: dict[str, str]) -> list[str]:
-    from dashboard_queries import substitute  # noqa: PLC0415 - kept next to its only use
-
-    return [substitute(expr, substitutions) for expr in raw]
 
 
 # -- the test -----------------------------------------------------------------------------------------------
@@ -365,6 +367,8 @@ def test_every_dashboard_query_and_alert_expression_returns_data(aws: AwsEnv, tm
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         pytest.fail("prometheus not found: install the Debian package 'prometheus'")
+    started = time.monotonic()
+    deadline = started + DEADLINE
 
     aws.user("app-due")
     (held_key,) = aws.user("app-held")
@@ -375,20 +379,19 @@ def test_every_dashboard_query_and_alert_expression_returns_data(aws: AwsEnv, tm
 
     metrics_port, prometheus_port = free_port(), free_port()
     config = write_config(tmp_path, CONFIG.format(port=metrics_port))
-    (tmp_path / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(rules=json.dumps(str(ALERTS)), port=metrics_port))
+    prometheus_yml = tmp_path / "prometheus.yml"
+    prometheus_yml.write_text(PROMETHEUS_CONFIG.format(rules=json.dumps(str(ALERTS)), port=metrics_port))
     proxy = ThrottlingProxy(aws.url)
     env = aws.env
     env["AWS_ENDPOINT_URL"] = proxy.url
-    procs: list[Proc] = []
+    daemon: Proc | None = None
+    prom: Proc | None = None
     try:
-        started = time.monotonic()
-        deadline = started + DEADLINE
         daemon = Proc([*cli_argv(), "--config", str(config), "run"], tmp_path, "rotator", env)
-        procs.append(daemon)
         prom = Proc(
             [
                 prometheus,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--config.file={prometheus_yml}",
                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{prometheus_port}",
             ],
@@ -396,40 +399,29 @@ def test_every_dashboard_query_and_alert_expression_returns_data(aws: AwsEnv, tm
             "prometheus",
             {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
         )
-        procs.append(prom)
         api = PromApi(prometheus_port)
-        wait_for(api.ready, started + 30, "Prometheus to be ready", prom)
-        listening = {
-            c.laddr.ip for c in psutil.Process(prom.proc.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN
-        }
+        wait_for(api.ready, deadline, "Prometheus to be ready", prom)
+        process = psutil.Process(prom.proc.pid)
+        # psutil >= 6 names it net_connections; pyproject allows 5.9, where it is connections.
+        connections = getattr(process, "net_connections", None) or process.connections
+        listening = {c.laddr.ip for c in connections("inet") if c.status == psutil.CONN_LISTEN}
         assert listening == {"127.0.0.1"}, f"Prometheus must listen on 127.0.0.1 only, not {listening}"
 
-        def failed_then(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> bool:
-            return (
-                samples.get(("rotator_sweeps_total", (("result", "failure"),)), 0) >= 1
-                and samples.get(("rotator_actions_total", (("action", "skip"), ("result", "failure"))), 0) >= 1
-            )
-
-        wait_for(lambda: failed_then(daemon_samples(metrics_port)), deadline, "a failed sweep", daemon)
+        wait_for(lambda: failed(daemon_samples(metrics_port)), deadline, "a failed sweep", daemon)
         # The operator fixes the tag: the user is bootstrapped and the sweeps succeed from now on.
         aws.iam.untag_user(UserName="app-broken", TagKeys=["rotator:max-key-age"])
 
+        missing: list[str] = []
+
         def lifecycle_seen() -> bool:
             consumer_uses(aws, held_key, held_secret)  # the consumer keeps using the old key
-            samples = daemon_samples(metrics_port)
-            done = {
-                (action, result): samples.get(("rotator_actions_total", (("action", action), ("result", result))), 0)
-                for action, result in [("rotate", "success"), ("disable", "success"), ("delete", "success")]
-                + [("disable", "held")]
-            }
-            return (
-                all(done.values())
-                and samples.get(("rotator_last_sweep_success_timestamp_seconds", ()), 0) > 0
-                and any(name == "rotator_aws_api_calls_total" and ("outcome", "throttled") in labels
-                        for name, labels in samples)
-            )
+            missing[:] = lifecycle_missing(daemon_samples(metrics_port))
+            return not missing
 
-        wait_for(lifecycle_seen, deadline, "rotate, disable, delete, held, throttled and a successful sweep", daemon)
+        try:
+            wait_for(lifecycle_seen, deadline, "the lifecycle on /metrics", daemon)
+        except AssertionError as exc:
+            raise AssertionError(f"missing on /metrics: {missing}\n\n{exc}") from None
 
         problems: list[str] = []
 
@@ -440,19 +432,49 @@ def test_every_dashboard_query_and_alert_expression_returns_data(aws: AwsEnv, tm
 
         try:
             wait_for(all_good, deadline, "every query to return data", daemon, prom)
-        except AssertionError:
-            raise AssertionError("queries without data or failing:\n" + "\n".join(problems)) from None
+        except AssertionError as exc:
+            raise AssertionError("still failing:\n" + "\n".join(problems) + f"\n\n{exc}") from None
 
-        # The user variable lists exactly the managed users (the unmanaged one is never exported).
+        # The variables list the account and exactly the managed users (the unmanaged one is never exported).
         for label, selector in variable_selectors():
             values = set(api.get(f"/api/v1/label/{label}/values", **{"match[]": selector})["data"])
             assert values == ({ACCOUNT} if label == "account" else set(MANAGED)), (label, values)
+        # The target is up, so the two alerts about it are silent (the others may fire here: failures, throttling).
+        for name in ("RotatorDown", "RotatorAbsent"):
+            (expr,) = [str(rule["expr"]) for rule in alert_rules() if rule["alert"] == name]
+            assert api.query(expr)["data"]["result"] == [], name
         assert proxy.throttled >= 1
         assert "key.held" in daemon.stderr_path.read_text()
-        daemon.alive()
         prom.alive()
+        daemon.alive()
     finally:
-        codes = {proc.name: proc.stop() for proc in reversed(procs)}
+        prom_code = prom.stop() if prom else None
+        daemon_code = daemon.stop() if daemon else None
         proxy.stop()
-    assert codes.get("rotator") == 0, daemon.tail()
+    assert daemon_code == 0, daemon.tail() if daemon else ""
+    assert prom_code == 0, prom.tail() if prom else ""
     assert time.monotonic() - started < 90
+
+
+def failed(samples: Samples) -> bool:
+    """A sweep failed and an action failed (app-broken's malformed tag)."""
+    return (
+        samples.get(("rotator_sweeps_total", (("result", "failure"),)), 0) >= 1
+        and samples.get(("rotator_actions_total", (("action", "skip"), ("result", "failure"))), 0) >= 1
+    )
+
+
+def lifecycle_missing(samples: Samples) -> list[str]:
+    """Which of rotate, disable, delete, a held key, a throttled call, a successful sweep /metrics lacks."""
+    missing = [
+        f"rotator_actions_total{{action={a},result={r}}}"
+        for a, r in [("rotate", "success"), ("disable", "success"), ("delete", "success"), ("disable", "held")]
+        if samples.get(("rotator_actions_total", (("action", a), ("result", r))), 0) < 1
+    ]
+    if samples.get(("rotator_last_sweep_success_timestamp_seconds", ()), 0) <= 0:
+        missing.append("rotator_last_sweep_success_timestamp_seconds")
+    if not any(
+        name == "rotator_aws_api_calls_total" and ("outcome", "throttled") in labels for name, labels in samples
+    ):
+        missing.append('rotator_aws_api_calls_total{outcome="throttled"}')
+    return missing
