@@ -38,9 +38,7 @@ SPEC_HISTOGRAMS: frozenset[str] = frozenset({"rotator_sweep_duration_seconds"})
 
 #: Series names a query may select: SPEC's metrics, the series of its histograms, and Prometheus' own ``up``.
 ALLOWED_SERIES: frozenset[str] = (
-    SPEC_METRICS
-    | {f"{h}{suffix}" for h in SPEC_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
-    | {"up"}
+    SPEC_METRICS | {f"{h}{suffix}" for h in SPEC_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")} | {"up"}
 )
 
 #: Values for Grafana's built-in and the dashboard's variables. ``$account``/``$user`` are used with ``=~``.
@@ -98,9 +96,7 @@ def dashboard_exprs(path: Path = DASHBOARD, substitutions: Mapping[str, str] | N
     return [substitute(expr, substitutions) for expr in raw_dashboard_exprs(path)]
 
 
-_LABEL_VALUES = re.compile(
-    r"^\s*label_values\(\s*(?:(?P<selector>.+),\s*)?(?P<label>\w+)\s*\)\s*$", re.DOTALL
-)
+_LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?:(?P<selector>.+),\s*)?(?P<label>\w+)\s*\)\s*$", re.DOTALL)
 
 
 def variable_exprs(path: Path = DASHBOARD, substitutions: Mapping[str, str] | None = None) -> list[str]:

@@ -29,9 +29,7 @@ def systemd_analyze() -> str:
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "SYSTEMD_LOG_COLOR": "0"}
-    return subprocess.run(
-        [systemd_analyze(), *args], capture_output=True, text=True, timeout=120, env=env, check=False
-    )
+    return subprocess.run([systemd_analyze(), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
 
 
 def directives(path: Path) -> dict[str, list[str]]:

@@ -221,9 +221,7 @@ def test_duration_in_yaml(load: Callable[..., Settings], value: object, expected
         ("policy.max_key_age", "10 days", "invalid duration '10 days'"),
     ],
 )
-def test_bad_durations_name_the_key(
-    load: Callable[..., Settings], key: str, value: object, message: str
-) -> None:
+def test_bad_durations_name_the_key(load: Callable[..., Settings], key: str, value: object, message: str) -> None:
     section, name = key.split(".")
     text = yaml.safe_dump({section: {name: value}})
     assert config_error(load, text).startswith(f"{key}: {message}")
@@ -313,9 +311,7 @@ def test_invalid_values_are_one_line_errors_naming_the_key(
         ("logging: {level: Warning}", ("warning", "json")),
     ],
 )
-def test_choices_are_case_insensitive(
-    load: Callable[..., Settings], text: str, expected: tuple[str, str]
-) -> None:
+def test_choices_are_case_insensitive(load: Callable[..., Settings], text: str, expected: tuple[str, str]) -> None:
     settings = load(text)
     assert (settings.logging.level, settings.logging.format) == expected
 
@@ -690,9 +686,7 @@ def test_user_tags_override_the_policy(tags: dict[str, str], expected: tuple[tim
 
 
 def test_effective_policy_carries_the_rest_of_the_configuration(load: Callable[..., Settings]) -> None:
-    settings = load(
-        "policy: {disable_guard: warn, quiet_period: 5s, max_hold: 1m}\naws: {validation_timeout: 7s}\n"
-    )
+    settings = load("policy: {disable_guard: warn, quiet_period: 5s, max_hold: 1m}\naws: {validation_timeout: 7s}\n")
     assert policy_for_user(settings, {}, "alice") == EffectivePolicy(
         max_key_age=timedelta(days=90),
         grace_period=timedelta(days=7),
