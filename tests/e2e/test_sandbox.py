@@ -14,9 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start(*args: str) -> subprocess.Popen[str]:
+def start(*args: str, script: bool = False) -> subprocess.Popen[str]:
+    # ``script``: the README's own first command (it reuses the .venv that scripts/test made).
+    argv = [str(ROOT / "scripts" / "sandbox")] if script else [sys.executable, "-m", "rotator.cli", "sandbox"]
     return subprocess.Popen(
-        [sys.executable, "-m", "rotator.cli", "sandbox", *args],
+        [*argv, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -47,11 +49,11 @@ def wait_for(lines: list[str], pattern: str, timeout: float) -> re.Match[str]:
 
 
 def test_sandbox_runs_the_whole_lifecycle_and_stops_after_its_duration() -> None:
-    proc = start("--phase", "3", "--duration", "30")
+    proc = start("--phase", "3", "--duration", "30", script=True)
     lines: list[str] = []
     try:
         pump = read_lines(proc, lines)
-        metrics_url = wait_for(lines, r"metrics\s+(http://127\.0\.0\.1:\d+/metrics)", 30).group(1)
+        metrics_url = wait_for(lines, r"metrics\s+(http://127\.0\.0\.1:\d+/metrics)", 180).group(1)
         wait_for(lines, r"AWS_ENDPOINT_URL=http://127\.0\.0\.1:\d+", 5)
         wait_for(lines, r"seeded\s+6 managed users, 1 unmanaged", 5)
         wait_for(lines, r"new key AKIA\w+ published", 30)
