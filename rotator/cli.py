@@ -134,16 +134,20 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
 
-def print_table(rows: list[list[str]], header: list[str], out: TextIO | None = None) -> None:
-    out = out or sys.stdout
-    if not out.isatty():
-        for row in rows:
-            print("\t".join(row), file=out)
-        return
+def format_table(rows: list[list[str]], header: list[str]) -> list[str]:
+    """Aligned columns under an upper-case header, as people read them on a terminal."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    print("  ".join(h.upper().ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(), file=out)
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return lines
+
+
+def print_table(rows: list[list[str]], header: list[str], out: TextIO | None = None) -> None:
+    """A table on a terminal; tab-separated lines (for scripts) otherwise."""
+    out = out or sys.stdout
+    lines = format_table(rows, header) if out.isatty() else ["\t".join(row) for row in rows]
+    for line in lines:
+        print(line, file=out)
 
 
 def _plan(app: Any, *, as_json: bool) -> int:

@@ -277,11 +277,9 @@ class View:
                 )
             if not state.keys:
                 rows.append([state.user, "-", "-", "-", "-", nxt])
-        header = ["USER", "KEY", "STATUS", "ROLE", "AGE", "NEXT"]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-        return "\n".join(lines)
+        from rotator.cli import format_table  # noqa: PLC0415 - cli imports this module lazily too
+
+        return "\n".join(format_table(rows, ["user", "key", "status", "role", "age", "next"]))
 
     def draw(self) -> None:
         with self.lock:
