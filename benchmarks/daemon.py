@@ -26,55 +26,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
+from _support import MANAGED, MotoServer, aws_env, create_users, free_port, memory_kib
 
-REGION = "us-east-1"
 TICKS = os.sysconf("SC_CLK_TCK")
-MOTO_KEY = "testing"  # moto accepts any credentials
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/data.json", timeout=1):
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("moto server did not start")
-
-
-def aws_env(url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ROTATOR_"))}
-    env.update(
-        {
-            "AWS_ENDPOINT_URL": url,
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": MOTO_KEY,
-            "AWS_SECRET_ACCESS_KEY": MOTO_KEY,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "NO_PROXY": "127.0.0.1,localhost",
-        }
-    )
-    return env
 
 
 def config_text(port: int, interval: str, max_actions: int) -> str:
@@ -92,13 +49,6 @@ def cpu_seconds(pid: int) -> float:
     fields = stat[stat.rindex(")") + 2 :].split()
     # After "pid (comm) ": state is field 3, so utime (14) and stime (15) are at indexes 11 and 12.
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def memory_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 class Daemon:
@@ -168,22 +118,8 @@ class Daemon:
 
 
 def seed(url: str, users: int) -> float:
-    iam = boto3.client(
-        "iam",
-        endpoint_url=url,
-        region_name=REGION,
-        aws_access_key_id=MOTO_KEY,
-        aws_secret_access_key=MOTO_KEY,
-    )
-
-    def one(index: int) -> None:
-        name = f"bench-{index:04d}"
-        iam.create_user(UserName=name, Path="/bench/", Tags=[{"Key": "rotator", "Value": "enabled"}])
-        iam.create_access_key(UserName=name)
-
     started = time.monotonic()
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(users)))
+    create_users(url, {f"bench-{index:04d}": MANAGED for index in range(users)}, path="/bench/", keys=1)
     return time.monotonic() - started
 
 
@@ -242,7 +178,8 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3, help="start-ups to time")
     args = parser.parse_args()
 
-    moto, url = start_moto()
+    moto = MotoServer()
+    url = moto.url
     try:
         with tempfile.TemporaryDirectory(prefix="rotator-bench-") as tmp:
             workdir = Path(tmp)
@@ -259,11 +196,7 @@ def main() -> None:
                 code = daemon.stop()
                 print(f"daemon exit code after SIGTERM: {code}")
     finally:
-        moto.terminate()
-        try:
-            moto.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            moto.kill()
+        moto.stop()
 
 
 if __name__ == "__main__":

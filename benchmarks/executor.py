@@ -32,13 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,11 +43,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
-from prometheus_client import CollectorRegistry
+from _support import MANAGED, MUTATING, MotoServer, api_calls, client, create_users, moto_environ, timed_sweep
 
-from rotator.app import App, SweepReport
-from rotator.config import load_settings
+from rotator.app import SweepReport
 from rotator.model import (
     AWSCURRENT,
     AWSPENDING,
@@ -63,26 +57,12 @@ from rotator.model import (
     version_id_for,
 )
 
-REGION = "us-east-1"
-MOTO_KEY = "testing"  # moto accepts any credentials
 PATH = "/svc/"
 GRACE = 3.0  # seconds
 RETENTION = 3.0  # seconds
 DOCUMENT_FIELDS = {"Version", "AccessKeyId", "SecretAccessKey", "UserName", "CreateDate"}
 #: AWS operations that change state; every other call the rotator makes only reads.
-WRITES = frozenset(
-    {
-        "TagUser",
-        "UntagUser",
-        "CreateAccessKey",
-        "UpdateAccessKey",
-        "DeleteAccessKey",
-        "CreateSecret",
-        "PutSecretValue",
-        "UpdateSecretVersionStage",
-        "TagResource",
-    }
-)
+WRITES = MUTATING
 
 
 def config_text(users: int, max_key_age: str) -> str:
@@ -100,77 +80,8 @@ def config_text(users: int, max_key_age: str) -> str:
     )
 
 
-# -- the emulator (as in benchmarks/inventory.py) --------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class MotoServer:
-    """A ``moto_server`` subprocess on 127.0.0.1."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=1):  # noqa: S310
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise SystemExit("moto_server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def use_moto(url: str) -> None:
-    """Point this process (the in-process rotator and the checks) at the emulator, nothing else."""
-    for name in list(os.environ):
-        if name.startswith(("AWS_", "ROTATOR_")):
-            del os.environ[name]
-    os.environ.update(
-        {
-            "AWS_ENDPOINT_URL": url,
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": MOTO_KEY,
-            "AWS_SECRET_ACCESS_KEY": MOTO_KEY,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "NO_PROXY": "127.0.0.1,localhost",
-        }
-    )
-
-
-def client(url: str, service: str, key_id: str = MOTO_KEY, secret: str = MOTO_KEY) -> Any:
-    return boto3.client(
-        service, endpoint_url=url, region_name=REGION, aws_access_key_id=key_id, aws_secret_access_key=secret
-    )
-
-
 def seed(url: str, users: list[str]) -> None:
-    iam = client(url, "iam")
-
-    def one(name: str) -> None:
-        iam.create_user(UserName=name, Path=PATH, Tags=[{"Key": "rotator", "Value": "enabled"}])
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, users))
+    create_users(url, dict.fromkeys(users, MANAGED), path=PATH, keys=0)
 
 
 # -- one measured sweep ----------------------------------------------------------------------------------
@@ -192,22 +103,17 @@ class Phase:
 
 
 def sweep(name: str, action: Action, config: Path) -> Phase:
-    registry = CollectorRegistry()
-    app = App(load_settings(str(config)), registry=registry, log=False)
-    started = time.perf_counter()
-    report = app.sweep()
-    phase = Phase(name, action, report, time.perf_counter() - started)
-    for metric in registry.collect():
-        for sample in metric.samples:
-            if sample.name != "rotator_aws_api_calls_total" or not sample.value:
-                continue
-            labels, count = sample.labels, int(sample.value)
-            if labels["outcome"] == "throttled":
-                phase.throttled += count
-                continue
-            phase.calls[(labels["service"], labels["operation"])] += count
-            if labels["outcome"] == "error":
-                phase.errors[labels["operation"]] += count
+    report, registry, wall = timed_sweep(config)
+    phase = Phase(name, action, report, wall)
+    for labels, count in api_calls(registry):
+        if not count:
+            continue
+        if labels["outcome"] == "throttled":
+            phase.throttled += count
+            continue
+        phase.calls[(labels["service"], labels["operation"])] += count
+        if labels["outcome"] == "error":
+            phase.errors[labels["operation"]] += count
     return phase
 
 
@@ -438,15 +344,15 @@ def run(url: str, count: int, tmp: Path) -> None:
     due_config, later_config = tmp / "due.yaml", tmp / "later.yaml"
     due_config.write_text(config_text(count, "1s"))
     later_config.write_text(config_text(count, "1h"))
-    use_moto(url)
     started = time.perf_counter()
     seed(url, users)
     print(f"seeded {count} managed users (no keys) in {time.perf_counter() - started:.1f} s")
     benchmark = Run(url, users, due_config, later_config)
-    benchmark.setup()
-    benchmark.rotate()
-    benchmark.disable()
-    benchmark.delete()
+    with moto_environ(url):  # the in-process rotator's AWS is the emulator
+        benchmark.setup()
+        benchmark.rotate()
+        benchmark.disable()
+        benchmark.delete()
     benchmark.summary()
 
 

@@ -24,21 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REGION = "us-east-1"
-MOTO_KEY = "testing"  # moto accepts any credentials
+from _support import MANAGED, MotoServer, api_calls, aws_env, create_users, memory_kib, moto_environ, timed_sweep
+
 PATH = "/svc/"
 CONFIG = """\
 policy: {max_key_age: 90d, grace_period: 7d, retention: 7d}
@@ -48,106 +44,21 @@ aws: {max_calls_per_second: 1000000, validation_timeout: 60s}
 """
 
 
-# -- the emulator ----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class MotoServer:
-    """A ``moto_server`` subprocess on 127.0.0.1 (as in tests/conftest.py)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=1):  # noqa: S310
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise SystemExit("moto_server did not start")
-
-    def reset(self) -> None:
-        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")  # noqa: S310
-        with urllib.request.urlopen(request, timeout=30):  # noqa: S310
-            pass
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def aws_env(url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ROTATOR_"))}
-    env.update(
-        {
-            "AWS_ENDPOINT_URL": url,
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": MOTO_KEY,
-            "AWS_SECRET_ACCESS_KEY": MOTO_KEY,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "NO_PROXY": "127.0.0.1,localhost",
-        }
-    )
-    return env
-
-
 # -- seeding ---------------------------------------------------------------------------------------------
 
 
 def seed(url: str, users: int, unmanaged: int, keys: int) -> None:
-    import boto3  # noqa: PLC0415 - the parent only needs boto3 for seeding
-
-    iam = boto3.client(
-        "iam", endpoint_url=url, region_name=REGION, aws_access_key_id=MOTO_KEY, aws_secret_access_key=MOTO_KEY
-    )
-
-    def one(index: int) -> None:
-        managed = index < users
-        name = f"svc-{index:05d}" if managed else f"other-{index:05d}"
-        tags = [{"Key": "rotator", "Value": "enabled"}] if managed else [{"Key": "team", "Value": "x"}]
-        iam.create_user(UserName=name, Path=PATH, Tags=tags)
-        for _ in range(keys):
-            iam.create_access_key(UserName=name)
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(users + unmanaged)))
+    managed = {f"svc-{index:05d}": MANAGED for index in range(users)}
+    others = {f"other-{index:05d}": {"team": "x"} for index in range(users, users + unmanaged)}
+    create_users(url, managed | others, path=PATH, keys=keys)
 
 
 def bootstrap(url: str, config: Path) -> tuple[int, float]:
     """Bring every managed user to the steady state with the real rotator: one sweep, in-process."""
-    from prometheus_client import CollectorRegistry  # noqa: PLC0415
-
-    from rotator.app import App  # noqa: PLC0415
-    from rotator.config import load_settings  # noqa: PLC0415
     from rotator.model import Action  # noqa: PLC0415
 
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(aws_env(url))
-    try:
-        started = time.perf_counter()
-        report = App(load_settings(str(config)), registry=CollectorRegistry(), log=False).sweep()
-        elapsed = time.perf_counter() - started
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with moto_environ(url):
+        report, _, elapsed = timed_sweep(config)
     if report.failed:
         raise SystemExit(f"bootstrap sweep failed: {report.errors or report.failed}")
     return report.count(Action.ROTATE), elapsed
@@ -163,12 +74,9 @@ def rss_mib() -> float:
     over from the (larger) parent across fork and exec.
     """
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+        return memory_kib("self", "VmHWM") / 1024
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def child_rotator(config: str) -> dict[str, Any]:
@@ -184,10 +92,9 @@ def child_rotator(config: str) -> dict[str, Any]:
     views = app.plan()
     wall = time.perf_counter() - started
     calls: Counter[str] = Counter()
-    for metric in registry.collect():
-        for sample in metric.samples:
-            if sample.name == "rotator_aws_api_calls_total" and sample.labels["outcome"] != "throttled":
-                calls[sample.labels["operation"]] += int(sample.value)
+    for labels, count in api_calls(registry):
+        if labels["outcome"] != "throttled":
+            calls[labels["operation"]] += count
     actions = Counter(step.action.value for view in views for plan in view.plans for step in plan.steps)
     managed = sum(len(view.states) for view in views)
     return {"managed": managed, "calls": dict(calls), "wall": wall, "rss": rss_mib(), "base": base, "actions": actions}

@@ -1,71 +1,26 @@
-"""Shared fixtures: a moto server subprocess over HTTP, reset between tests, and AWS helpers."""
+"""Shared fixtures: a moto server subprocess over HTTP, reset between tests, and AWS helpers.
+
+The moto server itself is in ``helpers.py``, which does without pytest: the benchmarks start it too.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
+from helpers import REGION, MotoServer, aws_env, client, free_port  # noqa: F401 - tests import them from here
 
 ROOT = Path(__file__).resolve().parent.parent
-REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class MotoServer:
-    """A ``moto_server`` subprocess on 127.0.0.1; stopped by :meth:`stop`."""
-
-    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ)
-        env.update(extra_env or {})
-        self.log = open(os.devnull, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self.log,
-            stderr=self.log,
-            env=env,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto_server did not start")
-
-    def reset(self) -> None:
-        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10):
-            pass
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 @dataclass
@@ -79,28 +34,14 @@ class AwsEnv:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ROTATOR_"))}
-        env.update(
-            {
-                "AWS_ENDPOINT_URL": self.url,
-                "AWS_REGION": REGION,
-                "AWS_DEFAULT_REGION": REGION,
-                "AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "NO_PROXY": "127.0.0.1,localhost",
-            }
-        )
-        return env
+        return aws_env(self.url, self.access_key, self.secret_key)
 
     def client(self, service: str) -> Any:
-        return boto3.client(
-            service,
-            endpoint_url=self.url,
-            region_name=REGION,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-        )
+        return client(self.url, service, self.access_key, self.secret_key)
+
+    def caller_arn(self, access_key: str, secret_key: str) -> str:
+        """The ARN ``sts:GetCallerIdentity`` returns for a request signed with this key (moto records its last use)."""
+        return str(client(self.url, "sts", access_key, secret_key).get_caller_identity()["Arn"])
 
     @property
     def iam(self) -> Any:
@@ -213,6 +154,164 @@ def assert_no_secrets(texts: list[str], secrets: list[str]) -> None:
     for secret in secrets:
         for text in texts:
             assert secret not in text, "a secret access key leaked into output"
+
+
+def wait_until(deadline: float) -> None:
+    """Sleep until ``deadline``, in seconds since the epoch (``time.time()``)."""
+    time.sleep(max(0.0, deadline - time.time()))
+
+
+@pytest.fixture
+def moto_environ(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's AWS environment points at the moto server (for in-process App/Aws use)."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "ROTATOR_")):
+            monkeypatch.delenv(name)
+    for name, value in aws.env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A moto server that verifies request signatures (test_lifecycle, test_iam_least_privilege).
+# With INITIAL_NO_AUTH_ACTION_COUNT moto checks every request's signature, and the caller's IAM policy actions,
+# after the first few calls: the unsigned ones that set the account up.
+
+StartSignedMoto = Callable[[int], AwsEnv]
+
+
+@pytest.fixture
+def signed_moto() -> Iterator[StartSignedMoto]:
+    """``start(unsigned)``: a moto server checking signatures after ``unsigned`` calls; its unsigned ``AwsEnv``.
+
+    One server per test: moto's count of unsigned calls is not reset by /moto-api/reset.
+    """
+    servers: list[MotoServer] = []
+
+    def start(unsigned: int) -> AwsEnv:
+        servers.append(MotoServer({"INITIAL_NO_AUTH_ACTION_COUNT": str(unsigned)}))
+        return AwsEnv(servers[-1].url)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def user_with_policy(setup: AwsEnv, name: str, document: str) -> tuple[AwsEnv, str]:
+    """An IAM user ``name`` under /ops/ holding nothing but the managed policy ``document`` (4 calls).
+
+    Returns the environment signing with the user's new access key, and the policy's ARN.
+    """
+    iam = setup.iam
+    iam.create_user(UserName=name, Path="/ops/")
+    arn = str(iam.create_policy(PolicyName=name, PolicyDocument=document)["Policy"]["Arn"])
+    iam.attach_user_policy(UserName=name, PolicyArn=arn)
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    env = AwsEnv(setup.url, access_key=key["AccessKeyId"], secret_key=key["SecretAccessKey"])
+    env.created_secrets.append(key["SecretAccessKey"])
+    return env, arn
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rotator processes and their JSON logs (test_crash, test_concurrency, test_random_kill).
+
+CRASHER = ROOT / "tests" / "crashing_rotator.py"
+
+
+def parse_events(text: str) -> list[dict[str, Any]]:
+    """The JSON objects among the lines of ``text`` (a rotator's stderr)."""
+    events = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            events.append(value)
+    return events
+
+
+@dataclass
+class Proc:
+    """A finished rotator process: its argv, exit code and output (the JSON log is on stderr)."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return parse_events(self.stderr)
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == name]
+
+    @property
+    def operations(self) -> list[str]:
+        """The mutating AWS calls of a ``K = 0`` crashing rotator run (it writes them at exit)."""
+        found = self.named("crashing_rotator.mutating_calls")
+        assert found, f"no call trace in the output of {self.argv}:\n{self.stderr[-3000:]}"
+        return list(found[-1]["operations"])
+
+    def describe(self) -> str:
+        return f"{self.argv[2:]} -> {self.returncode}\nstdout:\n{self.stdout[-2000:]}\nstderr:\n{self.stderr[-4000:]}"
+
+
+def crashing(k: int, args: list[str], aws: AwsEnv, config: Path, outputs: list[str] | None = None) -> Proc:
+    """``tests/crashing_rotator.py K --config CONFIG ARGS``; K = 0 never crashes. Output is added to ``outputs``."""
+    argv = [sys.executable, str(CRASHER), str(k), "--config", str(config), *args]
+    done = subprocess.run(argv, capture_output=True, text=True, env=aws.env, timeout=180, cwd=ROOT, check=False)
+    if outputs is not None:
+        outputs += [done.stdout, done.stderr]
+    return Proc(argv, done.returncode, done.stdout, done.stderr)
+
+
+def policy_config(
+    tmp_path: Path,
+    name: str,
+    *,
+    max_key_age: str = "1h",
+    grace_period: str = "1h",
+    retention: str = "1h",
+    validation_timeout: float,
+) -> Path:
+    """``NAME.yaml``: the given policy without the last-use guard (``disable_guard: ignore``), no rate limit."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        "policy:\n"
+        f"  max_key_age: {max_key_age}\n"
+        f"  grace_period: {grace_period}\n"
+        f"  retention: {retention}\n"
+        "  disable_guard: ignore\n"
+        "aws:\n"
+        f"  validation_timeout: {int(validation_timeout)}s\n"
+        "  max_calls_per_second: 1000\n"
+    )
+    return path
+
+
+# 50 users due at once (test_concurrency, test_random_kill): half bootstrap, half an ordinary rotation.
+BOOTSTRAP_USERS = [f"boot-{n:02d}" for n in range(25)]
+ROTATION_USERS = [f"rot-{n:02d}" for n in range(25)]
+DUE_USERS = BOOTSTRAP_USERS + ROTATION_USERS
+
+
+@pytest.fixture
+def due_users(aws: AwsEnv, tmp_path: Path) -> dict[str, str]:
+    """DUE_USERS, due for rotation under ``max_key_age: 1s``; returns user -> the key that is due.
+
+    A bootstrap user has one key and no secret; a rotation user a secret whose only key is older than 1 s.
+    """
+    for user in ROTATION_USERS:
+        aws.user(user, keys=0)
+    setup = run_cli(["sweep"], aws, policy_config(tmp_path, "setup", validation_timeout=30))  # first key and secret
+    assert setup.returncode == 0, setup.stderr[-3000:]
+    due = {user: next(iter(aws.keys(user))) for user in ROTATION_USERS}
+    for user in BOOTSTRAP_USERS:
+        (due[user],) = aws.user(user, keys=1)
+    time.sleep(1.1)  # every key is now older than max_key_age (1 s)
+    return due
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Usage: ``python tests/crashing_rotator.py K ROTATOR_ARGS...``
 
-``rotator.aws.Boundary.call`` is wrapped so that, once the K-th *mutating* call (see :data:`MUTATING`)
+``rotator.aws.Boundary.call`` is wrapped so that, once the K-th *mutating* call (see ``helpers.MUTATING``)
 has returned successfully, the process kills itself with ``SIGKILL``: a real process death (no
 ``finally``, no ``atexit``, no flushing), exactly what ``kill -9`` or an OOM kill does between two AWS
 calls. Before dying it writes one JSON line ``{"event": "crashing_rotator.kill", ...}`` on stderr naming
@@ -29,23 +29,10 @@ import threading
 import time
 from typing import Any
 
+from helpers import MUTATING  # tests/ is sys.path[0] when this runs as a script
+
 from rotator import aws as rotator_aws
 from rotator import cli
-
-#: AWS operations that change state (every other call the rotator makes only reads).
-MUTATING = frozenset(
-    {
-        "TagUser",
-        "UntagUser",
-        "CreateAccessKey",
-        "UpdateAccessKey",
-        "DeleteAccessKey",
-        "CreateSecret",
-        "PutSecretValue",
-        "UpdateSecretVersionStage",
-        "TagResource",
-    }
-)
 
 
 def _line(payload: dict[str, Any]) -> None:

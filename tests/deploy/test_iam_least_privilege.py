@@ -22,15 +22,24 @@ import copy
 import json
 import re
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
-from conftest import IAM_POLICY, IAM_README, REGION, AwsEnv, MotoServer, run_cli, write_config
+from conftest import (
+    IAM_POLICY,
+    IAM_README,
+    REGION,
+    AwsEnv,
+    StartSignedMoto,
+    client,
+    run_cli,
+    user_with_policy,
+    wait_until,
+    write_config,
+)
 from iam_operations import OPTIONAL_KMS_ACTIONS, ROTATOR_OPERATIONS
 from record_calls import RECORD_ENV, documented_actions, operations, policy_actions, read_calls
 
@@ -87,10 +96,6 @@ def cli(aws: AwsEnv, config: Path, record: Path, *args: str) -> str:
     result = run_cli(list(args), aws, config, env={RECORD_ENV: str(record)})
     assert result.returncode == 0, f"rotator {' '.join(args)}: {result.stderr}"
     return result.stdout
-
-
-def wait_until(deadline: float) -> None:
-    time.sleep(max(0.0, deadline - time.time()))
 
 
 # -- a small evaluator of identity policies: Action, Resource, the Condition operators the policy uses --------
@@ -209,14 +214,7 @@ def test_evaluator_denies_what_the_policy_does_not_grant() -> None:
 def remote_account(aws: AwsEnv, role: str = REMOTE_ROLE) -> Any:
     """IAM of the account behind ``role`` (moto keeps one backend per account)."""
     creds = aws.client("sts").assume_role(RoleArn=role, RoleSessionName="seed")["Credentials"]
-    return boto3.client(
-        "iam",
-        endpoint_url=aws.url,
-        region_name=REGION,
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-    )
+    return client(aws.url, "iam", creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
 
 
 def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path: Path) -> None:
@@ -325,28 +323,15 @@ def for_moto(document: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def signed_server() -> Iterator[MotoServer]:
-    # One server per test: moto's count of unsigned calls is not reset by /moto-api/reset.
-    server = MotoServer({"INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS)})
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def least_privilege(signed_server: MotoServer) -> AwsEnv:
+def least_privilege(signed_moto: StartSignedMoto) -> AwsEnv:
     """The rotator's credentials: an IAM user whose only permissions are the policy's actions."""
-    anonymous = AwsEnv(signed_server.url)
+    anonymous = signed_moto(SETUP_CALLS)
+    env, arn = user_with_policy(anonymous, "iam-key-rotator", json.dumps(for_moto(load_policy())))
     iam = anonymous.iam
-    document = json.dumps(for_moto(load_policy()))
-    iam.create_user(UserName="iam-key-rotator", Path="/ops/")
-    arn = iam.create_policy(PolicyName="iam-key-rotator", PolicyDocument=document)["Policy"]["Arn"]
-    iam.attach_user_policy(UserName="iam-key-rotator", PolicyArn=arn)
-    key = iam.create_access_key(UserName="iam-key-rotator")["AccessKey"]
     iam.create_role(RoleName="iam-key-rotator", AssumeRolePolicyDocument=TRUST_ANYONE)
     iam.attach_role_policy(RoleName="iam-key-rotator", PolicyArn=arn)
     anonymous.user("app", path="/service/")  # create_user + create_access_key: the 8th unsigned call
-    env = AwsEnv(signed_server.url, access_key=key["AccessKeyId"], secret_key=key["SecretAccessKey"])
-    env.created_secrets += [key["SecretAccessKey"], *anonymous.created_secrets]
+    env.created_secrets += anonymous.created_secrets
     return env
 
 

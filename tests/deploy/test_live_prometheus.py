@@ -51,11 +51,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psutil
 import pytest
 import yaml
-from conftest import REGION, AwsEnv, cli_argv, free_port, write_config
+from conftest import AwsEnv, cli_argv, free_port, write_config
 from dashboard_queries import ALERTS, DASHBOARD, dashboard_exprs, raw_dashboard_exprs, substitute, variable_exprs
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -271,14 +270,7 @@ class PromApi:
 
 def consumer_uses(aws: AwsEnv, key_id: str, secret: str) -> None:
     """An application still configured with the old key: any signed call records the key's last use."""
-    sts = boto3.client(
-        "sts",
-        endpoint_url=aws.url,
-        region_name=REGION,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-    )
-    sts.get_caller_identity()
+    aws.caller_arn(key_id, secret)
 
 
 def wait_for(condition: Callable[[], bool], deadline: float, what: str, *procs: Proc) -> None:

@@ -22,10 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
-from conftest import REGION, ROOT, AwsEnv, assert_no_secrets, cli_argv, free_port, write_config
+from conftest import ROOT, AwsEnv, assert_no_secrets, cli_argv, free_port, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(120)
@@ -194,14 +193,7 @@ def assert_converged(aws: AwsEnv, users: list[str]) -> None:
         document = aws.secret(user)
         assert document["UserName"] == user
         assert keys.get(document["AccessKeyId"]) == "Active", (user, document["AccessKeyId"], keys)
-        sts = boto3.client(
-            "sts",
-            endpoint_url=aws.url,
-            region_name=REGION,
-            aws_access_key_id=document["AccessKeyId"],
-            aws_secret_access_key=document["SecretAccessKey"],
-        )
-        assert sts.get_caller_identity()["Arn"].endswith(f"/{user}")
+        assert aws.caller_arn(document["AccessKeyId"], document["SecretAccessKey"]).endswith(f"/{user}")
 
 
 def key_ids(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:

@@ -8,7 +8,6 @@ cross-account path needs. ``test_assumed_credentials_act_in_the_roles_account`` 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import pytest
 from conftest import FAST_CONFIG, REGION, ROOT, AwsEnv, assert_no_secrets, run_cli, write_config
 
 from rotator.app import App
@@ -106,17 +104,6 @@ def organization(aws: AwsEnv) -> Org:
             org.move_account(AccountId=account_id, SourceParentId=root, DestinationParentId=parent)
         accounts[name] = member(aws, account_id)
     return Org(root, prod, nested, dev, accounts)
-
-
-@pytest.fixture
-def in_process(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process's AWS environment points at the moto server (for in-process App/Aws use)."""
-    for name in list(os.environ):
-        if name.startswith(("AWS_", "ROTATOR_")):
-            monkeypatch.delenv(name)
-    for name, value in aws.env.items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
 
 
 def events(stderr: str) -> list[dict[str, Any]]:
@@ -239,7 +226,7 @@ def test_an_account_whose_role_cannot_be_assumed_fails_the_sweep_not_the_others(
     assert finished and finished[-1]["result"] == "failure"
 
 
-def test_a_failing_listing_is_an_error_not_no_accounts(aws: AwsEnv, tmp_path: Path, in_process: None) -> None:
+def test_a_failing_listing_is_an_error_not_no_accounts(aws: AwsEnv, tmp_path: Path, moto_environ: None) -> None:
     aws.user("home", keys=1)
     # No organization: AWS says AWSOrganizationsNotInUseException (moto lists nothing): an error either way.
     config = write_config(tmp_path, FAST_CONFIG + f"organization: {{role_name: {ROLE}}}\n")
@@ -257,7 +244,7 @@ def test_a_failing_listing_is_an_error_not_no_accounts(aws: AwsEnv, tmp_path: Pa
     assert aws.sm.list_secrets()["SecretList"] == []
 
 
-def test_assumed_role_credentials_are_renewed_before_they_expire(aws: AwsEnv, in_process: None) -> None:
+def test_assumed_role_credentials_are_renewed_before_they_expire(aws: AwsEnv, moto_environ: None) -> None:
     """A daemon outlives the hour of its AssumeRole credentials: they are refreshed, through the boundary."""
     calls: list[Event] = []
     base = Aws(Boundary(boto3.session.Session(region_name=REGION), calls.append, limiter=RateLimiter(1000.0)))

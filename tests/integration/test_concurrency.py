@@ -10,22 +10,26 @@ further sweep finds nothing to clean up (no orphans, I3) and changes nothing.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import ROOT, AwsEnv, assert_no_secrets, cli_argv, run_cli
+from conftest import (
+    CRASHER,
+    DUE_USERS,
+    ROOT,
+    AwsEnv,
+    Proc,
+    assert_no_secrets,
+    cli_argv,
+    crashing,
+    policy_config,
+    run_cli,
+)
 
-CRASHER = ROOT / "tests" / "crashing_rotator.py"
-BOOTSTRAP_USERS = [f"boot-{n:02d}" for n in range(25)]
-ROTATION_USERS = [f"rot-{n:02d}" for n in range(25)]
-USERS = BOOTSTRAP_USERS + ROTATION_USERS
 # Seconds. Generous for the racing processes: two of them with 8 worker threads each share 2 cores,
 # and a rotation that overruns it withdraws its key (a failure, not a lost race).
 VALIDATION_TIMEOUT = 30
@@ -42,47 +46,6 @@ LOST_RACE = (
 )
 
 
-def config(tmp_path: Path, name: str, max_key_age: str, validation_timeout: int = VALIDATION_TIMEOUT) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        "policy:\n"
-        f"  max_key_age: {max_key_age}\n"
-        "  grace_period: 1h\n"
-        "  retention: 1h\n"
-        "  disable_guard: ignore\n"
-        "aws:\n"
-        f"  validation_timeout: {validation_timeout}s\n"
-        "  max_calls_per_second: 1000\n"
-    )
-    return path
-
-
-@dataclass
-class Proc:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        events = []
-        for line in self.stderr.splitlines():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                events.append(value)
-        return events
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == name]
-
-    def describe(self) -> str:
-        return f"{self.argv[3:]} -> {self.returncode}\n{self.stdout[-2000:]}\n{self.stderr[-4000:]}"
-
-
 def start(aws: AwsEnv, cfg: Path, args: list[str]) -> tuple[list[str], subprocess.Popen[str]]:
     argv = [*cli_argv(), "--config", str(cfg), *args]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=aws.env, cwd=ROOT)
@@ -95,20 +58,6 @@ def finish(started: tuple[list[str], subprocess.Popen[str]]) -> Proc:
     return Proc(argv, proc.returncode, stdout, stderr)
 
 
-@pytest.fixture
-def due_users(aws: AwsEnv, tmp_path: Path) -> dict[str, str]:
-    """50 managed users due for rotation; returns user -> the key that is due."""
-    for user in ROTATION_USERS:
-        aws.user(user, keys=0)
-    setup = run_cli(["sweep"], aws, config(tmp_path, "setup", "1h"))  # their first key and secret
-    assert setup.returncode == 0, setup.stderr[-3000:]
-    due = {user: next(iter(aws.keys(user))) for user in ROTATION_USERS}
-    for user in BOOTSTRAP_USERS:
-        (due[user],) = aws.user(user, keys=1)
-    time.sleep(1.1)  # every key is now older than the race config's max_key_age (1 s)
-    return due
-
-
 def assert_one_rotation_each(aws: AwsEnv, tmp_path: Path, due: dict[str, str], procs: list[Proc]) -> None:
     """I8 and I3 across the racing processes' logs and the final AWS state."""
     for proc in procs:
@@ -119,12 +68,12 @@ def assert_one_rotation_each(aws: AwsEnv, tmp_path: Path, due: dict[str, str], p
     created_per_user = Counter(e["user"] for e in created)
     published_per_user = Counter(e["user"] for e in published)
     assert {u: n for u, n in created_per_user.items() if n != 1} == {}, "a user got two new keys (I8)"
-    assert set(created_per_user) == set(USERS), f"not rotated: {set(USERS) - set(created_per_user)}"
-    assert published_per_user == Counter(USERS), published_per_user
+    assert set(created_per_user) == set(DUE_USERS), f"not rotated: {set(DUE_USERS) - set(created_per_user)}"
+    assert published_per_user == Counter(DUE_USERS), published_per_user
     new_key = {e["user"]: e["key_id"] for e in created}
     assert {e["user"]: e["key_id"] for e in published} == new_key
 
-    for user in USERS:
+    for user in DUE_USERS:
         assert aws.keys(user) == {due[user]: "Active", new_key[user]: "Active"}, user
         assert aws.secret(user)["AccessKeyId"] == new_key[user], user
         stages = aws.stages(user)
@@ -132,22 +81,19 @@ def assert_one_rotation_each(aws: AwsEnv, tmp_path: Path, due: dict[str, str], p
 
     # After the in-flight window a further sweep has nothing to clean up and changes nothing.
     time.sleep(IN_FLIGHT_WINDOW + 0.2)
-    further_config = config(tmp_path, "further", "1s", FURTHER_TIMEOUT)
-    argv = [sys.executable, str(CRASHER), "0", "--config", str(further_config), "sweep"]
-    done = subprocess.run(argv, capture_output=True, text=True, env=aws.env, timeout=180, cwd=ROOT, check=False)
-    further = Proc(argv, done.returncode, done.stdout, done.stderr)
+    further_config = policy_config(tmp_path, "further", max_key_age="1s", validation_timeout=FURTHER_TIMEOUT)
+    further = crashing(0, ["sweep"], aws, further_config)
     assert further.returncode == 0, further.describe()
-    (trace,) = further.named("crashing_rotator.mutating_calls")
-    assert trace["operations"] == [], further.describe()
+    assert further.operations == [], further.describe()
     assert not further.named("key.orphan_deleted")
-    for user in USERS:
+    for user in DUE_USERS:
         assert aws.keys(user) == {due[user]: "Active", new_key[user]: "Active"}, user
     assert_no_secrets([text for proc in [*procs, further] for text in (proc.stdout, proc.stderr)], aws.created_secrets)
 
 
 @pytest.mark.parametrize("stagger", [0.0, 0.3], ids=["together", "staggered"])
 def test_two_sweeps(stagger: float, aws: AwsEnv, tmp_path: Path, due_users: dict[str, str]) -> None:
-    race = config(tmp_path, "race", "1s")
+    race = policy_config(tmp_path, "race", max_key_age="1s", validation_timeout=VALIDATION_TIMEOUT)
     first = start(aws, race, ["sweep"])
     time.sleep(stagger)
     second = start(aws, race, ["sweep"])
@@ -159,16 +105,16 @@ def test_two_sweeps(stagger: float, aws: AwsEnv, tmp_path: Path, due_users: dict
 
 
 def test_rotate_races_sweep(aws: AwsEnv, tmp_path: Path, due_users: dict[str, str]) -> None:
-    race = config(tmp_path, "race", "1s")
+    race = policy_config(tmp_path, "race", max_key_age="1s", validation_timeout=VALIDATION_TIMEOUT)
     # The sweep works through the users in name order, `rotate` in reverse: they meet in the middle.
-    rotate = start(aws, race, ["rotate", *reversed(USERS)])
+    rotate = start(aws, race, ["rotate", *reversed(DUE_USERS)])
     sweeping = start(aws, race, ["sweep"])
     forced, swept = finish(rotate), finish(sweeping)
     assert swept.returncode == 0, swept.describe()
     assert forced.returncode in (0, 1), forced.describe()
     lost = [line for line in forced.stderr.splitlines() if "not rotated" in line]
     rotated = [line for line in forced.stdout.splitlines() if line.endswith(": rotated")]
-    assert len(lost) + len(rotated) == len(USERS), forced.describe()
+    assert len(lost) + len(rotated) == len(DUE_USERS), forced.describe()
     assert (forced.returncode == 1) == bool(lost)
     for line in lost:
         assert any(reason in line for reason in LOST_RACE), line
@@ -185,11 +131,11 @@ def test_sweep_during_a_publication(aws: AwsEnv, tmp_path: Path) -> None:
     """
     user = "rot-00"
     aws.user(user, keys=0)
-    setup = run_cli(["sweep"], aws, config(tmp_path, "setup", "1h"))
+    setup = run_cli(["sweep"], aws, policy_config(tmp_path, "setup", validation_timeout=VALIDATION_TIMEOUT))
     assert setup.returncode == 0, setup.stderr[-3000:]
     (old,) = aws.keys(user)
     time.sleep(1.1)
-    race = config(tmp_path, "race", "1s")
+    race = policy_config(tmp_path, "race", max_key_age="1s", validation_timeout=VALIDATION_TIMEOUT)
 
     release = tmp_path / "release"
     argv = [sys.executable, str(CRASHER), "4", "--config", str(race), "sweep"]

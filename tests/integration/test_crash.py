@@ -12,9 +12,6 @@ changes).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,17 +19,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from conftest import REGION, ROOT, AwsEnv, assert_no_secrets
-from crashing_rotator import MUTATING
+from conftest import AwsEnv, Proc, assert_no_secrets, crashing, policy_config
+from helpers import MUTATING
 
 from rotator.app import App
 from rotator.aws import Boundary
 from rotator.config import load_settings
 from rotator.model import Action
 
-CRASHER = ROOT / "tests" / "crashing_rotator.py"
 USER = "svc-crash"
 VALIDATION_TIMEOUT = 1.0  # seconds; the in-flight window is twice that
 IN_FLIGHT_WINDOW = 2 * VALIDATION_TIMEOUT
@@ -64,52 +59,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
 # -- running the rotator -------------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return parse_events(self.stderr)
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == name]
-
-    @property
-    def operations(self) -> list[str]:
-        """The mutating AWS calls of a ``K = 0`` run (written by the crashing rotator at exit)."""
-        found = self.named("crashing_rotator.mutating_calls")
-        assert found, f"no call trace in the output of {self.argv}:\n{self.stderr[-3000:]}"
-        return list(found[-1]["operations"])
-
-    def describe(self) -> str:
-        return f"{self.argv[2:]} -> {self.returncode}\nstdout:\n{self.stdout[-2000:]}\nstderr:\n{self.stderr[-4000:]}"
-
-
-def parse_events(text: str) -> list[dict[str, Any]]:
-    events = []
-    for line in text.splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            events.append(value)
-    return events
-
-
-def crashing(k: int, args: list[str], aws: AwsEnv, config: Path, outputs: list[str]) -> Run:
-    """``tests/crashing_rotator.py K --config CONFIG ARGS``; K = 0 never crashes."""
-    argv = [sys.executable, str(CRASHER), str(k), "--config", str(config), *args]
-    done = subprocess.run(argv, capture_output=True, text=True, env=aws.env, timeout=120, cwd=ROOT, check=False)
-    outputs += [done.stdout, done.stderr]
-    return Run(argv, done.returncode, done.stdout, done.stderr)
-
-
-def sweep(aws: AwsEnv, config: Path, outputs: list[str]) -> Run:
+def sweep(aws: AwsEnv, config: Path, outputs: list[str]) -> Proc:
     run = crashing(0, ["sweep"], aws, config, outputs)
     assert run.returncode == 0, run.describe()
     return run
@@ -119,18 +69,12 @@ InProcess = Callable[[Path], list[str]]
 
 
 @pytest.fixture
-def in_process(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> InProcess:
+def in_process(moto_environ: None, monkeypatch: pytest.MonkeyPatch) -> InProcess:
     """A sweep inside the test process (no interpreter start-up): returns its mutating AWS calls.
 
     Used to set scenarios up and for the final "a further sweep changes nothing" check; the runs
     under test (the crashing one and the first recovery) are real ``rotator`` processes.
     """
-    for name in list(os.environ):
-        if name.startswith(("AWS_", "ROTATOR_")):
-            monkeypatch.delenv(name)
-    for name, value in aws.env.items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
     calls: list[str] = []
     original = Boundary.call
 
@@ -149,31 +93,6 @@ def in_process(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> InProcess:
         return list(calls)
 
     return run
-
-
-def policy_config(
-    tmp_path: Path,
-    name: str,
-    *,
-    max_key_age: str = "1h",
-    grace_period: str = "1h",
-    retention: str = "1h",
-    validation_timeout: float = VALIDATION_TIMEOUT,
-) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        "policy:\n"
-        f"  max_key_age: {max_key_age}\n"
-        f"  grace_period: {grace_period}\n"
-        f"  retention: {retention}\n"
-        "  disable_guard: ignore\n"
-        "  quiet_period: 1s\n"
-        "  max_hold: 1h\n"
-        "aws:\n"
-        f"  validation_timeout: {int(validation_timeout)}s\n"
-        "  max_calls_per_second: 1000\n"
-    )
-    return path
 
 
 # -- reading AWS -------------------------------------------------------------------------------------
@@ -217,14 +136,7 @@ def assert_current_works(aws: AwsEnv, user: str) -> dict[str, Any]:
     assert abs(created - key_dates(aws, user)[key_id]) < timedelta(seconds=1)
     # moto without INITIAL_NO_AUTH_ACTION_COUNT does not check signatures, so the key id check above
     # carries the proof here; this at least shows the pair is accepted and maps to the right user.
-    sts = boto3.client(
-        "sts",
-        endpoint_url=aws.url,
-        region_name=REGION,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=document["SecretAccessKey"],
-    )
-    arn = sts.get_caller_identity()["Arn"]
+    arn = aws.caller_arn(key_id, document["SecretAccessKey"])
     assert arn == aws.iam.get_user(UserName=user)["User"]["Arn"]
     return document
 
@@ -276,7 +188,7 @@ def setup_rotation(aws: AwsEnv, tmp_path: Path, in_process: InProcess) -> Setup:
     aws.user(USER, keys=0)
     in_process(policy_config(tmp_path, "setup", validation_timeout=SETUP_TIMEOUT))  # bootstrap: the first key K1
     (k1, created), *_ = key_dates(aws, USER).items()
-    crash = policy_config(tmp_path, "crash", max_key_age="1s")
+    crash = policy_config(tmp_path, "crash", max_key_age="1s", validation_timeout=VALIDATION_TIMEOUT)
     sleep_until(created + timedelta(seconds=1.05))
     return Setup(crash, {k1}, current=k1)
 
@@ -284,7 +196,7 @@ def setup_rotation(aws: AwsEnv, tmp_path: Path, in_process: InProcess) -> Setup:
 def setup_bootstrap(aws: AwsEnv, tmp_path: Path, in_process: InProcess) -> Setup:
     """A user with one key K0 (created just now, as an operator would) and no secret."""
     (k0,) = aws.user(USER, keys=1)
-    return Setup(policy_config(tmp_path, "crash"), {k0})
+    return Setup(policy_config(tmp_path, "crash", validation_timeout=VALIDATION_TIMEOUT), {k0})
 
 
 def setup_disable(aws: AwsEnv, tmp_path: Path, in_process: InProcess) -> Setup:
@@ -293,8 +205,9 @@ def setup_disable(aws: AwsEnv, tmp_path: Path, in_process: InProcess) -> Setup:
     in_process(policy_config(tmp_path, "setup", validation_timeout=SETUP_TIMEOUT))
     tags = secret_tags(aws, USER)
     k1 = tags["rotator:current-key-id"]
+    crash = policy_config(tmp_path, "crash", grace_period="1s", validation_timeout=VALIDATION_TIMEOUT)
     sleep_until(datetime.fromisoformat(tags["rotator:published-at"]) + timedelta(seconds=1.05))
-    return Setup(policy_config(tmp_path, "crash", grace_period="1s"), {k0, k1}, k1, k0)
+    return Setup(crash, {k0, k1}, k1, k0)
 
 
 def setup_delete(aws: AwsEnv, tmp_path: Path, in_process: InProcess) -> Setup:
@@ -308,8 +221,9 @@ def setup_delete(aws: AwsEnv, tmp_path: Path, in_process: InProcess) -> Setup:
     in_process(setup)  # disables K0
     assert aws.keys(USER) == {k0: "Inactive", k1: "Active"}
     disabled_at = datetime.fromisoformat(secret_tags(aws, USER)["rotator:disabled-at"])
+    crash = policy_config(tmp_path, "crash", retention="1s", validation_timeout=VALIDATION_TIMEOUT)
     sleep_until(disabled_at + timedelta(seconds=1.05))
-    return Setup(policy_config(tmp_path, "crash", retention="1s"), {k0, k1}, k1, k0)
+    return Setup(crash, {k0, k1}, k1, k0)
 
 
 SETUPS: dict[str, Callable[[AwsEnv, Path, InProcess], Setup]] = {

@@ -17,10 +17,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from conftest import REGION, AwsEnv, MotoServer, free_port, run_cli, write_config
+from conftest import FAST_CONFIG, AwsEnv, MotoServer, free_port, run_cli, write_config
 from prometheus_client import CollectorRegistry
 
 from rotator.app import App
@@ -30,22 +29,9 @@ from rotator.errors import AccessDeniedError, AwsError, ThrottledError
 from rotator.model import Action as RotateAction
 from rotator.model import KeyStatus
 
-CONFIG = """\
-policy:
-  max_key_age: 1h
-  grace_period: 1h
-  retention: 1h
-  disable_guard: hold
-  quiet_period: 1h
-  max_hold: 1d
-selection:
-  path_prefix: /svc/
-  tag: {key: rotator, value: enabled}
-  exclude: ["break-glass-*"]
-aws:
-  validation_timeout: 10s
-  max_calls_per_second: 1000
-"""
+CONFIG = (
+    FAST_CONFIG + 'selection: {path_prefix: /svc/, tag: {key: rotator, value: enabled}, exclude: ["break-glass-*"]}\n'
+)
 
 Action = tuple[str, str, str | None]
 
@@ -115,14 +101,7 @@ def new_key(aws: AwsEnv, user: str) -> dict[str, str]:
 
 def use_key(aws: AwsEnv, key: dict[str, str]) -> None:
     """Sign one request with ``key``: moto records it as the key's last use."""
-    sts = boto3.client(
-        "sts",
-        endpoint_url=aws.url,
-        region_name=REGION,
-        aws_access_key_id=key["AccessKeyId"],
-        aws_secret_access_key=key["SecretAccessKey"],
-    )
-    sts.get_caller_identity()
+    aws.caller_arn(key["AccessKeyId"], key["SecretAccessKey"])
 
 
 def calls(registry: CollectorRegistry, operation: str, outcome: str = "ok") -> float:

@@ -51,14 +51,7 @@ class Recorder:
 
 
 @pytest.fixture
-def make_aws(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> MakeAws:
-    for name in list(os.environ):
-        if name.startswith(("AWS_", "ROTATOR_")):
-            monkeypatch.delenv(name)
-    for name, value in aws.env.items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
-
+def make_aws(aws: AwsEnv, moto_environ: None) -> MakeAws:
     # One session for all: its loader caches the (large) DynamoDB model; each Boundary has its own client.
     session = boto3.session.Session(
         aws_access_key_id=aws.access_key, aws_secret_access_key=aws.secret_key, region_name=REGION

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from conftest import REGION, AwsEnv, MotoServer, assert_no_secrets, run_cli, write_config
+from conftest import AwsEnv, StartSignedMoto, assert_no_secrets, run_cli, user_with_policy, wait_until, write_config
 
 # Calls made without signatures: create the admin user, its policy, attach it, create its key.
 SETUP_CALLS = 4
@@ -37,37 +35,15 @@ ADMIN_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Al
 
 
 @pytest.fixture
-def signed_server() -> Iterator[MotoServer]:
-    # One server per test: moto's count of unsigned calls is not reset by /moto-api/reset.
-    server = MotoServer({"INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS)})
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def signed_aws(signed_server: MotoServer) -> AwsEnv:
+def signed_aws(signed_moto: StartSignedMoto) -> AwsEnv:
     """An account whose rotator credentials are a real (moto) IAM admin key."""
-    anonymous = AwsEnv(signed_server.url)
-    iam = anonymous.iam
-    iam.create_user(UserName="rotator-admin", Path="/ops/")
-    arn = iam.create_policy(PolicyName="admin", PolicyDocument=ADMIN_POLICY)["Policy"]["Arn"]
-    iam.attach_user_policy(UserName="rotator-admin", PolicyArn=arn)
-    key = iam.create_access_key(UserName="rotator-admin")["AccessKey"]
-    env = AwsEnv(signed_server.url, access_key=key["AccessKeyId"], secret_key=key["SecretAccessKey"])
-    env.created_secrets.append(key["SecretAccessKey"])
+    env, _ = user_with_policy(signed_moto(SETUP_CALLS), "rotator-admin", ADMIN_POLICY)
     return env
 
 
 def signs_as(aws: AwsEnv, document: dict[str, Any]) -> str:
     """The ARN ``sts:GetCallerIdentity`` returns when signed with the secret's key."""
-    sts = boto3.client(
-        "sts",
-        endpoint_url=aws.url,
-        region_name=REGION,
-        aws_access_key_id=document["AccessKeyId"],
-        aws_secret_access_key=document["SecretAccessKey"],
-    )
-    return str(sts.get_caller_identity()["Arn"])
+    return aws.caller_arn(document["AccessKeyId"], document["SecretAccessKey"])
 
 
 def plan(aws: AwsEnv, config: Path) -> set[tuple[str, str, str | None]]:
@@ -80,10 +56,6 @@ def sweep(aws: AwsEnv, config: Path, outputs: list[str]) -> None:
     result = run_cli(["sweep"], aws, config)
     outputs += [result.stdout, result.stderr]
     assert result.returncode == 0, result.stderr
-
-
-def wait_until(deadline: float) -> None:
-    time.sleep(max(0.0, deadline - time.time()))
 
 
 def test_bootstrap_grace_disable_retention_delete_then_age_rotation(signed_aws: AwsEnv, tmp_path: Path) -> None:
@@ -154,7 +126,7 @@ def test_guard_holds_a_previous_key_still_in_use(signed_aws: AwsEnv, tmp_path: P
     outputs: list[str] = []
     sweep(aws, config, outputs)
     # A consumer still signs with the old key.
-    signs_as(aws, {"AccessKeyId": k0, "SecretAccessKey": old_secret})
+    aws.caller_arn(k0, old_secret)
     time.sleep(6.5)
     assert plan(aws, config) == {("busy", "hold", k0)}
     result = run_cli(["sweep"], aws, config)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,13 +36,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, AwsEnv, assert_no_secrets, cli_argv, run_cli
-from test_crash import assert_converged, assert_current_works, parse_events, secret_exists, sleep_until
+from conftest import (
+    DUE_USERS,
+    ROOT,
+    ROTATION_USERS,
+    AwsEnv,
+    Proc,
+    assert_no_secrets,
+    cli_argv,
+    crashing,
+    policy_config,
+)
+from test_crash import assert_converged, assert_current_works, secret_exists, sleep_until
 
-CRASHER = ROOT / "tests" / "crashing_rotator.py"
-BOOTSTRAP_USERS = [f"boot-{n:02d}" for n in range(25)]
-ROTATION_USERS = [f"rot-{n:02d}" for n in range(25)]
-USERS = BOOTSTRAP_USERS + ROTATION_USERS
 VALIDATION_TIMEOUT = 4  # seconds
 IN_FLIGHT_WINDOW = 2 * VALIDATION_TIMEOUT
 # Seconds from the sweep's `sweep.started` to its `sweep.finished` over the 50 due users on a 2-core
@@ -55,21 +60,6 @@ MIN_KILL = 0.2
 # faster machine), 2.42 s (about half the users rotated, others at some step of theirs) and 4.25 s (among
 # the last rotations). Any other seed is as valid: the test holds for every moment.
 SEEDS = [1, 9, 0]
-
-
-def config(tmp_path: Path, name: str, max_key_age: str) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        "policy:\n"
-        f"  max_key_age: {max_key_age}\n"
-        "  grace_period: 1h\n"
-        "  retention: 1h\n"
-        "  disable_guard: ignore\n"
-        "aws:\n"
-        f"  validation_timeout: {VALIDATION_TIMEOUT}s\n"
-        "  max_calls_per_second: 1000\n"
-    )
-    return path
 
 
 @dataclass
@@ -85,25 +75,11 @@ class CachedAws(AwsEnv):
 
 
 @dataclass
-class Proc:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return parse_events(self.stderr)
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == name]
-
-    def describe(self) -> str:
-        return f"{self.argv[2:]} -> {self.returncode}\nstdout:\n{self.stdout[-2000:]}\nstderr:\n{self.stderr[-4000:]}"
+class TimedProc(Proc):
+    seconds: float = 0.0  # from start to exit
 
 
-def run(argv: list[str], aws: AwsEnv, tmp_path: Path, name: str, kill_after: float | None = None) -> Proc:
+def run(argv: list[str], aws: AwsEnv, tmp_path: Path, name: str, kill_after: float | None = None) -> TimedProc:
     """Run ``argv``; with ``kill_after``, SIGKILL it that many seconds after its ``sweep.started`` line.
 
     The moment counts from the sweep's own start, not the process's: interpreter start-up takes
@@ -131,25 +107,11 @@ def run(argv: list[str], aws: AwsEnv, tmp_path: Path, name: str, kill_after: flo
                 proc.kill()
                 proc.wait()
         seconds = time.monotonic() - started
-    return Proc(argv, proc.returncode, out.read_text(), err.read_text(), seconds)
+    return TimedProc(argv, proc.returncode, out.read_text(), err.read_text(), seconds)
 
 
-def rotator_sweep(aws: AwsEnv, tmp_path: Path, cfg: Path, name: str, kill_after: float | None = None) -> Proc:
+def rotator_sweep(aws: AwsEnv, tmp_path: Path, cfg: Path, name: str, kill_after: float | None = None) -> TimedProc:
     return run([*cli_argv(), "--config", str(cfg), "sweep"], aws, tmp_path, name, kill_after)
-
-
-@pytest.fixture
-def due_users(aws: AwsEnv, tmp_path: Path) -> dict[str, str]:
-    """50 managed users due for rotation; returns user -> the key that is due (the pre-existing key)."""
-    for user in ROTATION_USERS:
-        aws.user(user, keys=0)
-    setup = run_cli(["sweep"], aws, config(tmp_path, "setup", "1h"))  # their first key and secret
-    assert setup.returncode == 0, setup.stderr[-3000:]
-    due = {user: next(iter(aws.keys(user))) for user in ROTATION_USERS}
-    for user in BOOTSTRAP_USERS:
-        (due[user],) = aws.user(user, keys=1)
-    time.sleep(1.1)  # every key is now older than the sweep config's max_key_age (1 s)
-    return due
 
 
 def all_secret_values(aws: AwsEnv) -> list[str]:
@@ -171,7 +133,7 @@ def test_kill_at_random_moment_then_sweep_converges(
     aws = CachedAws(aws.url, created_secrets=aws.created_secrets)
     kill_after = random.Random(seed).uniform(MIN_KILL, EXPECTED_SWEEP)  # noqa: S311 - a test's kill time
     print(f"seed {seed}: SIGKILL {kill_after:.3f} s after `rotator sweep` logged sweep.started")
-    sweep_config = config(tmp_path, "sweep", "1s")
+    sweep_config = policy_config(tmp_path, "sweep", max_key_age="1s", validation_timeout=VALIDATION_TIMEOUT)
 
     killed = rotator_sweep(aws, tmp_path, sweep_config, "killed", kill_after)
     killed_at = datetime.now(UTC)
@@ -186,7 +148,7 @@ def test_kill_at_random_moment_then_sweep_converges(
     )
 
     # Right after the kill, before any recovery: IAM's limit holds and every secret still works.
-    for user in USERS:
+    for user in DUE_USERS:
         keys = aws.keys(user)
         assert len(keys) <= 2, (user, keys)  # I1
         assert keys.get(due_users[user]) == "Active", (user, keys)  # nothing disabled the due key
@@ -216,7 +178,7 @@ def test_kill_at_random_moment_then_sweep_converges(
     for proc in runs:
         for event in proc.named("rotation.key_created"):
             logs_created.setdefault(event["user"], []).append(event["key_id"])
-    for user in USERS:
+    for user in DUE_USERS:
         due = due_users[user]
         current, previous = assert_converged(aws, user, {due})  # I1-I4, records consistent with IAM
         assert current != due, f"{user}: not rotated"
@@ -233,11 +195,9 @@ def test_kill_at_random_moment_then_sweep_converges(
         assert len(logs_created.get(user, [])) <= 2, (user, logs_created.get(user))  # killed run's orphan + one
 
     # Converged: a further sweep sends no mutating call at all (nothing to clean, resume or repair).
-    argv = [sys.executable, str(CRASHER), "0", "--config", str(sweep_config), "sweep"]
-    further = run(argv, aws, tmp_path, "further")
+    further = crashing(0, ["sweep"], aws, sweep_config)
     assert further.returncode == 0, further.describe()
-    (trace,) = further.named("crashing_rotator.mutating_calls")
-    assert trace["operations"] == [], further.describe()
+    assert further.operations == [], further.describe()
 
     outputs = [text for proc in [*runs, further] for text in (proc.stdout, proc.stderr)]
     assert_no_secrets(outputs, all_secret_values(aws))  # I7

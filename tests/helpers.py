@@ -1,0 +1,106 @@
+"""The moto server the tests and the benchmarks run against, and how to talk to it.
+
+No pytest here: ``benchmarks/_support.py`` imports this module too (tests reach it through ``conftest``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import boto3
+
+REGION = "us-east-1"
+MOTO_KEY = "testing"  # moto accepts any credentials
+#: AWS operations that change state (every other call the rotator makes only reads).
+MUTATING = frozenset(
+    {
+        "TagUser",
+        "UntagUser",
+        "CreateAccessKey",
+        "UpdateAccessKey",
+        "DeleteAccessKey",
+        "CreateSecret",
+        "PutSecretValue",
+        "UpdateSecretVersionStage",
+        "TagResource",
+    }
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MotoServer:
+    """A ``moto_server`` subprocess on 127.0.0.1; stopped by :meth:`stop`."""
+
+    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **(extra_env or {})},
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("moto_server did not start")
+
+    def reset(self) -> None:
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=30):
+            pass
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def aws_env(url: str, access_key: str = MOTO_KEY, secret_key: str = MOTO_KEY) -> dict[str, str]:
+    """This process's environment with every ``AWS_*``/``ROTATOR_*`` variable replaced: AWS is the server at ``url``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ROTATOR_"))}
+    env.update(
+        {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": access_key,
+            "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+    )
+    return env
+
+
+def client(
+    url: str, service: str, access_key: str = MOTO_KEY, secret_key: str = MOTO_KEY, session_token: str | None = None
+) -> Any:
+    """A boto3 client for ``service`` at the server at ``url``, signing with the given credentials."""
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        aws_session_token=session_token,
+    )
