@@ -113,42 +113,21 @@ def _iso(value: datetime | None) -> str | None:
 
 @dataclass(frozen=True)
 class SweepSummary:
-    """What /readyz and systemd's STATUS= say about the last sweep."""
+    """What /readyz and systemd's STATUS= say about the last sweep: its event, and when it ended."""
 
-    sweep_id: str
+    finished: SweepFinished
     finished_at: datetime
-    result: str
-    dry_run: bool
-    duration_seconds: float
-    users: int = 0
-    rotated: int = 0
-    disabled: int = 0
-    deleted: int = 0
-    cleaned: int = 0
-    held: int = 0
-    failed: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "sweep_id": self.sweep_id,
-            "finished_at": _iso(self.finished_at),
-            "result": self.result,
-            "dry_run": self.dry_run,
-            "duration_seconds": self.duration_seconds,
-            "users": self.users,
-            "rotated": self.rotated,
-            "disabled": self.disabled,
-            "deleted": self.deleted,
-            "cleaned": self.cleaned,
-            "held": self.held,
-            "failed": self.failed,
-        }
+        fields = self.finished.fields()
+        return {"sweep_id": fields.pop("sweep_id", ""), "finished_at": _iso(self.finished_at), **fields}
 
     def status_line(self) -> str:
-        mode = " (dry run)" if self.dry_run else ""
+        event = self.finished
+        mode = " (dry run)" if event.dry_run else ""
         return (
-            f"last sweep {_iso(self.finished_at)}: {self.result}{mode}; rotated={self.rotated} "
-            f"disabled={self.disabled} deleted={self.deleted} held={self.held} failed={self.failed}"
+            f"last sweep {_iso(self.finished_at)}: {event.result}{mode}; rotated={event.rotated} "
+            f"disabled={event.disabled} deleted={event.deleted} held={event.held} failed={event.failed}"
         )
 
 
@@ -222,20 +201,7 @@ class Daemon:
             with self._state_lock:
                 self._aws_contact_at = self.app.clock()
         elif isinstance(event, SweepFinished):
-            summary = SweepSummary(
-                sweep_id=event.sweep_id,
-                finished_at=self.app.clock(),
-                result=event.result,
-                dry_run=event.dry_run,
-                duration_seconds=event.duration_seconds,
-                users=event.users,
-                rotated=event.rotated,
-                disabled=event.disabled,
-                deleted=event.deleted,
-                cleaned=event.cleaned,
-                held=event.held,
-                failed=event.failed,
-            )
+            summary = SweepSummary(event, self.app.clock())
             with self._state_lock:
                 self._last_sweep = summary
             self.notifier.status(summary.status_line())
