@@ -175,6 +175,8 @@ def test_readyz_after_first_aws_contact_with_last_sweep(clock: FakeClock) -> Non
         "deleted": 0,
         "cleaned": 0,
         "held": 0,
+        "skipped": 0,
+        "deferred": 0,
         "failed": 0,
     }
 
