@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -574,7 +575,15 @@ def run_users(
         return []
 
     def one(user: str) -> UserOutcome:
-        return executor_for().run_user(user, budget)
+        executor = executor_for()
+        try:
+            return executor.run_user(user, budget)
+        except Exception as exc:  # a defect must cost one user, never the whole sweep
+            logging.getLogger(__name__).error("executor.unexpected_error", exc_info=True)
+            outcome = UserOutcome(user=user, account=executor.inventory.account)
+            outcome.failed.append((None, f"{user}: unexpected {type(exc).__name__} (see the log)"))
+            executor._failed(user, None, Action.SKIP, exc)
+            return outcome
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(users)))) as pool:
         return list(pool.map(one, users))
