@@ -699,13 +699,31 @@ class Aws:
 
     def move_stage(
         self, name: str, stage: str, *, to_version: str | None = None, from_version: str | None = None
-    ) -> None:
+    ) -> bool:
+        """Put ``stage`` on ``to_version`` and/or take it off ``from_version``.
+
+        Idempotent: True when this call moved the label; False when another writer had already
+        left it where it should be (Secrets Manager then rejects the move as naming a version that
+        no longer holds the label). Anything else raises.
+        """
         params: dict[str, Any] = {"SecretId": name, "VersionStage": stage}
         if to_version:
             params["MoveToVersionId"] = to_version
         if from_version:
             params["RemoveFromVersionId"] = from_version
-        self.boundary.call("secretsmanager", "UpdateSecretVersionStage", **params)
+        try:
+            self.boundary.call("secretsmanager", "UpdateSecretVersionStage", **params)
+        except AwsError as exc:
+            if exc.code != "InvalidParameterException":
+                raise
+            summary = self.describe_secret(name)
+            versions = summary.versions if summary is not None else {}
+            placed = to_version is None or stage in versions.get(to_version, ())
+            removed = from_version is None or from_version == to_version or stage not in versions.get(from_version, ())
+            if summary is None or not (placed and removed):
+                raise
+            return False
+        return True
 
     def tag_secret(self, name: str, tags: Mapping[str, str]) -> None:
         self.boundary.call(

@@ -383,29 +383,13 @@ class Executor:
         self, state: UserState, version: str, key: NewKey, replaced: AccessKey | None, *, resumed: bool
     ) -> None:
         old_version = state.secret.version_with(AWSCURRENT)
-        try:
-            self.aws.move_stage(state.secret.name, AWSCURRENT, to_version=version, from_version=old_version)
-        except AwsError as exc:
-            # Two runs resuming the same pending key: the other one moved AWSCURRENT first, so
-            # ``old_version`` no longer holds it. The goal holds; the publication is the other's.
-            if exc.code != "InvalidParameterException":
-                raise
-            summary = self.aws.describe_secret(state.secret.name)
-            if summary is None or AWSCURRENT not in summary.versions.get(version, ()):
-                raise
-            raise ConcurrentlyDone(f"{state.user}: a concurrent run published {key.key_id}") from exc
-        try:
-            self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version)
-        except AwsError as exc:
-            # A concurrent run that read the secret between our two moves saw AWSCURRENT on a version
-            # still labelled AWSPENDING (what a crash here leaves) and removed the label itself
-            # (``_repair``): Secrets Manager then rejects our removal, yet its goal holds - carry on
-            # and finish the publication rather than fail it half-recorded.
-            if exc.code != "InvalidParameterException":
-                raise
-            summary = self.aws.describe_secret(state.secret.name)
-            if summary is None or AWSPENDING in summary.versions.get(version, ()):
-                raise
+        if not self.aws.move_stage(state.secret.name, AWSCURRENT, to_version=version, from_version=old_version):
+            # Two runs resuming the same pending key: the other moved AWSCURRENT first. The goal
+            # holds and the publication is the other's (reported once, by it).
+            raise ConcurrentlyDone(f"{state.user}: a concurrent run published {key.key_id}")
+        # A concurrent run's repair may remove AWSPENDING first (it saw what a crash here leaves):
+        # move_stage then reports the goal as already met, and the publication is finished anyway.
+        self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version)
         tags = {TAG_CURRENT_KEY: key.key_id, TAG_CURRENT_CREATED: _iso(key.created)}
         if replaced is not None:
             tags.update({TAG_PREVIOUS_KEY: replaced.key_id, TAG_PREVIOUS_CREATED: _iso(replaced.created)})
@@ -531,13 +515,8 @@ class Executor:
                 )
             current_version = state.secret.version_with(AWSCURRENT)
             if current_version and AWSPENDING in state.secret.versions.get(current_version, ()):
-                try:
-                    self.aws.move_stage(state.secret.name, AWSPENDING, from_version=current_version)
-                except AwsError as exc:
-                    # The publishing run removed the label between our read and this call: the
-                    # goal holds (Secrets Manager rejects removing a label a version no longer has).
-                    if exc.code != "InvalidParameterException":
-                        raise
+                # The publishing run may remove it first: move_stage treats that as done.
+                self.aws.move_stage(state.secret.name, AWSPENDING, from_version=current_version)
         except AwsError as exc:
             self._failed(state.user, None, Action.SKIP, exc)
 
