@@ -224,6 +224,17 @@ class Boundary:
                 self._clients[service] = self._make_client(self.session, service)
             return self._clients[service]
 
+    def client_signed_by(self, key_id: str, secret: SecretText, service: str) -> Any:
+        """A one-off client that signs with the given key (validating a new key), same config and hooks.
+
+        Built from the existing session: a new boto3 Session per key would load every service model
+        again (tens of milliseconds each, on every rotation). boto3 sessions are not thread-safe.
+        """
+        with self._lock:
+            return self._make_client(
+                self.session, service, aws_access_key_id=key_id, aws_secret_access_key=secret.reveal()
+            )
+
     def _make_client(self, session: boto3.session.Session, service: str, **credentials: str) -> Any:
         try:
             client = session.client(service, config=self.client_config(), **credentials)  # type: ignore[call-overload]
@@ -737,15 +748,7 @@ class Aws:
 
     def caller_arn_with(self, key: NewKey) -> str:
         """``sts:GetCallerIdentity`` signed with ``key`` itself: proves the secret key works."""
-        # A client of the existing session with explicit credentials: a new boto3 Session per key
-        # would load every service model again (tens of milliseconds each, on every rotation).
-        with self.boundary._lock:
-            client = self.boundary._make_client(
-                self.boundary.session,
-                "sts",
-                aws_access_key_id=key.key_id,
-                aws_secret_access_key=key.secret_access_key.reveal(),
-            )
+        client = self.boundary.client_signed_by(key.key_id, key.secret_access_key, "sts")
         return str(self.boundary.call("sts", "GetCallerIdentity", client=client)["Arn"])
 
 
