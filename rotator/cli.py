@@ -231,7 +231,7 @@ def _inventory(app: Any, *, as_json: bool) -> int:
                     key["key_id"],
                     key["status"],
                     key["role"],
-                    _age(key["age_seconds"]) if key["key_id"] != "-" else "-",
+                    format_age(key["age_seconds"]) if key["key_id"] != "-" else "-",
                     key["last_used"] or "-",
                     "yes" if record["secret"]["exists"] else "no",
                     f"{nxt['action']} {nxt['due_at']}" if nxt else "-",
@@ -258,14 +258,16 @@ def _current_and_previous(settings: Settings, state: Any) -> tuple[str | None, s
     )
 
 
-def _age(seconds: int) -> str:
-    if seconds >= 86400:
-        return f"{seconds // 86400}d"
-    if seconds >= 3600:
-        return f"{seconds // 3600}h"
-    if seconds >= 60:
-        return f"{seconds // 60}m"
-    return f"{seconds}s"
+def format_age(seconds: float) -> str:
+    """An age or a wait for people: two units at most (``3d4h``, ``2m05s``, ``42s``)."""
+    whole = max(0, int(seconds))
+    if whole >= 86400:
+        return f"{whole // 86400}d{whole % 86400 // 3600}h"
+    if whole >= 3600:
+        return f"{whole // 3600}h{whole % 3600 // 60}m"
+    if whole >= 60:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole}s"
 
 
 def _sweep(app: Any, *, dry_run: bool) -> int:

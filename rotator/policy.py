@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from rotator.config import format_duration
 from rotator.errors import UserError
 from rotator.model import (
     AWSCURRENT,
@@ -287,7 +288,7 @@ class _Planner:
         self.step(
             Action.HOLD,
             previous,
-            f"previous key used within quiet_period ({_fmt(self.policy.quiet_period)}): kept active",
+            f"previous key used within quiet_period ({format_duration(self.policy.quiet_period)}): kept active",
             due,
         )
         assert previous.last_used is not None
@@ -353,14 +354,6 @@ def _after(instant: datetime, delta: timedelta) -> datetime:
         return instant + delta
     except OverflowError:
         return datetime.max.replace(tzinfo=instant.tzinfo)
-
-
-def _fmt(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def repairs_needed(state: UserState, policy: EffectivePolicy) -> RepairNeeded:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from rotator.cli import format_age, format_table
 from rotator.errors import UsageError
 
 ACCOUNT = "123456789012"
@@ -185,6 +186,16 @@ class Consumer(threading.Thread):
                 sts.get_caller_identity()
 
 
+#: Events the view lists, by their stable name: (counter, what happened).
+_SHOWN = {
+    "rotation.published": ("rotated", "new key {key} published"),
+    "key.disabled": ("disabled", "previous key {key} disabled"),
+    "key.held": ("held", "{key} held by the guard (still in use)"),
+    "key.deleted": ("deleted", "key {key} deleted"),
+    "key.orphan_deleted": ("cleaned", "orphan {key} cleaned up"),
+}
+
+
 class View:
     """The live terminal view, redrawn from the daemon's inventory snapshots and events."""
 
@@ -200,42 +211,25 @@ class View:
         self._last_printed = ""
 
     def observe(self, event: Any) -> None:
-        from rotator.events import (  # noqa: PLC0415
-            KeyDeleted,
-            KeyDisabled,
-            KeyHeld,
-            KeyPublished,
-            OrphanDeleted,
-            SweepFinished,
-        )
+        from rotator.events import SweepFinished  # noqa: PLC0415
         from rotator.metrics import InventorySnapshot  # noqa: PLC0415
 
-        line = None
         with self.lock:
             if isinstance(event, InventorySnapshot):
                 self.snapshot = event
-            elif isinstance(event, KeyPublished):
-                self.counts["rotated"] += 1
-                line = f"{event.user}: new key {event.key_id} published"
-            elif isinstance(event, KeyDisabled):
-                self.counts["disabled"] += 1
-                line = f"{event.user}: previous key {event.key_id} disabled"
-            elif isinstance(event, KeyHeld):
-                self.counts["held"] += 1
-                line = f"{event.user}: {event.key_id} held by the guard (still in use)"
-            elif isinstance(event, KeyDeleted):
-                self.counts["deleted"] += 1
-                line = f"{event.user}: key {event.key_id} deleted"
-            elif isinstance(event, OrphanDeleted):
-                self.counts["cleaned"] += 1
-                line = f"{event.user}: orphan {event.key_id} cleaned up"
-            elif isinstance(event, SweepFinished):
+                return
+            if isinstance(event, SweepFinished):
                 self.counts["sweeps"] += 1
-            if line:
-                stamp = datetime.now(UTC).strftime("%H:%M:%S")
-                self.recent = [*self.recent, f"{stamp}  {line}"][-8:]
-                if not self.tty:
-                    print(f"{stamp}  {line}", file=self.out, flush=True)
+                return
+            shown = _SHOWN.get(event.name)
+            if shown is None:
+                return
+            counter, template = shown
+            self.counts[counter] += 1
+            line = f"{datetime.now(UTC).strftime('%H:%M:%S')}  {event.user}: {template.format(key=event.key_id)}"
+            self.recent = [*self.recent, line][-8:]
+            if not self.tty:
+                print(line, file=self.out, flush=True)
 
     def table(self) -> str:
         """Users, keys, ages and the next action, from the latest snapshot."""
@@ -257,7 +251,7 @@ class View:
             elif waiting:
                 nxt = f"waits: {waiting[0].reason[:48]}"
             elif upcoming:
-                nxt = f"{upcoming[0].action.value} in {_span((upcoming[0].due_at - now).total_seconds())}"
+                nxt = f"{upcoming[0].action.value} in {format_age((upcoming[0].due_at - now).total_seconds())}"
             else:
                 nxt = "-"
             for index, key in enumerate(sorted(state.keys, key=lambda k: k.created)):
@@ -271,14 +265,12 @@ class View:
                         key.key_id,
                         key.status.value,
                         role,
-                        _span((now - key.created).total_seconds()),
+                        format_age((now - key.created).total_seconds()),
                         nxt if first else "",
                     ]
                 )
             if not state.keys:
                 rows.append([state.user, "-", "-", "-", "-", nxt])
-        from rotator.cli import format_table  # noqa: PLC0415 - cli imports this module lazily too
-
         return "\n".join(format_table(rows, ["user", "key", "status", "role", "age", "next"]))
 
     def draw(self) -> None:
@@ -297,17 +289,6 @@ class View:
         if signature != self._last_printed:
             self._last_printed = signature
             print(self.table() + "\n", file=self.out, flush=True)
-
-
-def _span(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds >= 86400:
-        return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def _banner(*, url: str, phase: float, metrics_port: int, log_path: Path, env: dict[str, str], config: Path) -> str:
