@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 from rotator.aws import Aws, Boundary, RateLimiter, now_utc, session_from_environment
 from rotator.config import Settings, policy_for_user
 from rotator.errors import AwsError, RotatorError, UserError
-from rotator.events import ActionFailed, ActionSkipped, EventBus, SweepFinished, SweepStarted
+from rotator.events import ActionFailed, ActionSkipped, EventBus, InventorySnapshot, SweepFinished, SweepStarted
 from rotator.executor import Budget, Executor, UserOutcome, run_users
 from rotator.inventory import Inventory
 from rotator.logs import log_subscriber
-from rotator.metrics import InventorySnapshot, Metrics
+from rotator.metrics import Metrics
 from rotator.model import Action, Step, UserPlan, UserState
 from rotator.policy import decide, repairs_needed
 

@@ -45,9 +45,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rotator.app import App, SweepReport
 from rotator.config import ScheduleSettings, Settings, load_settings
 from rotator.errors import RotatorError
-from rotator.events import AwsCall, Event, SweepFinished
-from rotator.lease import Leadership, LeaseError, lease_for
-from rotator.metrics import LeaderChanged
+from rotator.events import AwsCall, Event, LeaderChanged, LeaseError, SweepFinished
+from rotator.lease import Leadership, lease_for
 from rotator.model import Action
 from rotator.sdnotify import Notifier
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import ClassVar
 
-from rotator.model import Action
+from rotator.model import Action, UserPlan, UserState
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,35 @@ class AwsCall(Event):
     operation: str = ""
     outcome: str = "ok"  # ok | error | throttled
     account: str | None = None
+
+
+@dataclass(frozen=True)
+class InventorySnapshot(Event):
+    """What one account looked like after a sweep or plan; drives the per-key gauges (not logged)."""
+
+    name: ClassVar[str] = "inventory.snapshot"
+    level: ClassVar[str] = "debug"
+    account: str = ""
+    states: Sequence[UserState] = ()
+    plans: Sequence[UserPlan] = ()
+
+
+@dataclass(frozen=True)
+class LeaderChanged(Event):
+    name: ClassVar[str] = "leader.changed"
+    leader: bool = False
+
+
+@dataclass(frozen=True)
+class LeaseError(Event):
+    """An AWS call of the lease failed: this replica is (now) not the leader."""
+
+    name: ClassVar[str] = "lease.error"
+    level: ClassVar[str] = "warning"
+    table: str = ""
+    operation: str = ""
+    error: str = ""
+    error_type: str = ""
 
 
 Subscriber = Callable[[Event], None]

@@ -25,15 +25,13 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from rotator.aws import Aws
 from rotator.config import Settings
 from rotator.errors import AwsError, ConflictError
-from rotator.events import Event
-from rotator.metrics import LeaderChanged
+from rotator.events import Event, LeaderChanged, LeaseError
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +40,6 @@ Emit = Callable[[Event], None]
 
 DEFAULT_NAME = "iam-key-rotator"
 DEFAULT_TTL = timedelta(seconds=60)
-
-
-@dataclass(frozen=True)
-class LeaseError(Event):
-    """An AWS call of the lease failed: this replica is (now) not the leader."""
-
-    name: ClassVar[str] = "lease.error"
-    level: ClassVar[str] = "warning"
-    table: str = ""
-    operation: str = ""
-    error: str = ""
-    error_type: str = ""
 
 
 class Leadership(Protocol):

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -16,31 +13,16 @@ from rotator.events import (
     ActionSkipped,
     AwsCall,
     Event,
+    InventorySnapshot,
     KeyDeleted,
     KeyDisabled,
     KeyHeld,
     KeyPublished,
+    LeaderChanged,
     OrphanDeleted,
     SweepFinished,
 )
-from rotator.model import Action, UserPlan, UserState
-
-
-@dataclass(frozen=True)
-class InventorySnapshot(Event):
-    """What one account looked like after a sweep or plan; drives the per-key gauges."""
-
-    name: ClassVar[str] = "inventory.snapshot"
-    level: ClassVar[str] = "debug"
-    account: str = ""
-    states: Sequence[UserState] = ()
-    plans: Sequence[UserPlan] = ()
-
-
-@dataclass(frozen=True)
-class LeaderChanged(Event):
-    name: ClassVar[str] = "leader.changed"
-    leader: bool = False
+from rotator.model import Action
 
 
 def _ts(value: datetime) -> float:

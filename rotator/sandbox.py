@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from rotator.cli import format_age, format_table
 from rotator.errors import UsageError
+from rotator.events import InventorySnapshot, SweepFinished
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -211,9 +212,6 @@ class View:
         self._last_printed = ""
 
     def observe(self, event: Any) -> None:
-        from rotator.events import SweepFinished  # noqa: PLC0415
-        from rotator.metrics import InventorySnapshot  # noqa: PLC0415
-
         with self.lock:
             if isinstance(event, InventorySnapshot):
                 self.snapshot = event

@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry
 from rotator.aws import Aws, Boundary, RateLimiter
 from rotator.config import load_settings
 from rotator.errors import ConflictError
-from rotator.events import AwsCall, Event
-from rotator.lease import Lease, LeaseError, NoLease, lease_for
-from rotator.metrics import LeaderChanged, Metrics
+from rotator.events import AwsCall, Event, LeaderChanged, LeaseError
+from rotator.lease import Lease, NoLease, lease_for
+from rotator.metrics import Metrics
 
 MakeAws = Callable[["Recorder"], Aws]
 TABLE = "rotator-leases"
