@@ -23,7 +23,6 @@ import fnmatch
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 
 from rotator.aws import Aws, ReportKey, SecretSummary, UserDetail
@@ -49,15 +48,6 @@ from rotator.model import (
 
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
 _LABELS = (AWSCURRENT, AWSPREVIOUS, AWSPENDING)
-
-
-@dataclass(frozen=True)
-class InventoryStats:
-    users_seen: int = 0
-    managed: int = 0
-    report_hits: int = 0
-    key_listings: int = 0
-    value_reads: int = 0
 
 
 def is_managed(detail: UserDetail, settings: Settings) -> bool:
@@ -106,33 +96,25 @@ class Inventory:
         self.aws = aws
         self.settings = settings
         self.account = account
-        self.stats = InventoryStats()
 
     # -- the whole account -------------------------------------------------------------------
 
     def gather(self) -> list[UserState]:
         details = [d for d in self.aws.user_details() if is_managed(d, self.settings)]
         if not details:
-            self.stats = InventoryStats(managed=0)
             return []
         report = self.aws.credential_report()
         template = self.settings.secrets.name_template
         secrets = {s.name: s for s in self.aws.secrets(secret_prefix(template))}
         states: list[UserState] = []
-        hits = listings = reads = 0
         for detail in sorted(details, key=lambda d: d.name):
             name, error = secret_name(template, detail.name, self.account, detail.path)
             summary = secrets.get(name)
             keys = self._keys_from_report(report.get(detail.name), summary)
             if keys is None:
                 keys = self._with_last_use(self.aws.access_keys(detail.name), report.get(detail.name))
-                listings += 1
-            else:
-                hits += 1
-            secret, value_reads = self._secret_state(name, summary, keys)
-            reads += value_reads
+            secret = self._secret_state(name, summary, keys)
             states.append(self._state(detail, keys, secret, error))
-        self.stats = InventoryStats(len(details), len(details), hits, listings, reads)
         return states
 
     # -- one user, fresh, for the executor --------------------------------------------------
@@ -160,7 +142,7 @@ class Inventory:
             if key.active and (current_version is None or version_id_for(key.key_id) != current_version):
                 last_used = self.aws.key_last_used(key.key_id)
             fresh.append(AccessKey(key.key_id, key.status, key.created, last_used))
-        secret, _ = self._secret_state(name, summary, fresh)
+        secret = self._secret_state(name, summary, fresh)
         return self._state(detail, tuple(fresh), secret, error)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -235,32 +217,27 @@ class Inventory:
 
     def _secret_state(
         self, name: str, summary: SecretSummary | None, keys: tuple[AccessKey, ...] | list[AccessKey]
-    ) -> tuple[SecretState, int]:
+    ) -> SecretState:
         if summary is None:
-            return SecretState(name=name), 0
+            return SecretState(name=name)
         managed = summary.tags.get(TAG_MANAGED) == "true"
         candidates = {k.key_id for k in keys}
         candidates |= {summary.tags[t] for t in (TAG_CURRENT_KEY, TAG_PREVIOUS_KEY) if t in summary.tags}
         by_version = {version_id_for(key_id): key_id for key_id in candidates}
         version_keys: dict[str, str | None] = {}
-        reads = 0
         for version, stages in summary.versions.items():
             key_id = by_version.get(version)
             if key_id is None and managed and any(label in stages for label in _LABELS):
                 key_id = self._key_in_version(name, version)
-                reads += 1
             version_keys[version] = key_id
-        return (
-            SecretState(
-                name=name,
-                exists=True,
-                managed=managed,
-                versions=dict(summary.versions),
-                version_keys=version_keys,
-                tags=dict(summary.tags),
-                arn=summary.arn,
-            ),
-            reads,
+        return SecretState(
+            name=name,
+            exists=True,
+            managed=managed,
+            versions=dict(summary.versions),
+            version_keys=version_keys,
+            tags=dict(summary.tags),
+            arn=summary.arn,
         )
 
     def _key_in_version(self, name: str, version: str) -> str | None:
