@@ -250,8 +250,8 @@ class App:
         to_run: list[str] = []
         for state, plan in zip(view.states, view.plans, strict=True):
             wants_action = any(s.mutating or s.action is Action.HOLD for s in plan.steps)
-            policy_ok = not any(s.action is Action.SKIP and s.key_id is None for s in plan.steps)
-            if wants_action or (policy_ok and self._needs_repair(state)):
+            problem = any(s.problem for s in plan.steps)
+            if wants_action or (not problem and self._needs_repair(state)):
                 to_run.append(state.user)
             else:
                 report.outcomes.append(self._report_only(plan, report.sweep_id))
@@ -297,8 +297,7 @@ class App:
             policy = policy_for_user(self.settings, state.tags, state.user)
         except UserError:
             return False
-        needed = repairs_needed(state, policy)
-        return needed.published_key is not None or needed.disabled_key is not None
+        return repairs_needed(state, policy).any
 
     def _finish(self, report: SweepReport) -> None:
         for error in report.errors:

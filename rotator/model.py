@@ -252,3 +252,7 @@ class RepairNeeded:
 
     published_key: str | None = None
     disabled_key: str | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.published_key is not None or self.disabled_key is not None
