@@ -5,10 +5,11 @@ Nothing below this module reads the environment or the clock on its own.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,9 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from rotator.aws import Aws, Boundary, RateLimiter, now_utc, session_from_environment
 from rotator.config import Settings, policy_for_user
-from rotator.errors import AwsError, RotatorError, UserError
-from rotator.events import ActionFailed, ActionSkipped, EventBus, InventorySnapshot, SweepFinished, SweepStarted
-from rotator.executor import Budget, Executor, UserOutcome, run_users
+from rotator.errors import AwsError, NotManagedError, RotatorError, UserError
+from rotator.events import ActionFailed, EventBus, InventorySnapshot, SweepFinished, SweepStarted
+from rotator.executor import Budget, Executor, UserOutcome, record_skip, run_users
 from rotator.inventory import Inventory
 from rotator.logs import log_subscriber
 from rotator.metrics import Metrics
@@ -42,6 +43,8 @@ class AccountView:
     account: str
     states: list[UserState]
     plans: list[UserPlan]
+    #: When IAM generated the credential report this view read (it may be up to 4 h old).
+    report_generated: datetime | None = None
 
 
 @dataclass
@@ -183,7 +186,7 @@ class App:
         now = self.clock()
         plans = [self.decide(state, now) for state in states]
         self.bus.emit(InventorySnapshot(account=account.account_id, states=states, plans=plans))
-        return AccountView(account.account_id, states, plans)
+        return AccountView(account.account_id, states, plans, account.inventory.report_generated)
 
     def decide(self, state: UserState, now: datetime) -> UserPlan:
         try:
@@ -272,24 +275,7 @@ class App:
         """A user with nothing to act on: its skips are reported, its problems are failures."""
         outcome = UserOutcome(user=plan.user, account=plan.account)
         for step in plan.steps:
-            who = {"account": step.account, "user": step.user}
-            if step.problem:
-                outcome.failed.append((step, step.reason))
-                self.bus.emit(
-                    ActionFailed(
-                        **who,
-                        key_id=step.key_id,
-                        sweep_id=sweep_id,
-                        action=step.action,
-                        error=step.reason,
-                        error_type="UserError",
-                    )
-                )
-            else:
-                outcome.skipped.append(step)
-                self.bus.emit(
-                    ActionSkipped(**who, key_id=step.key_id, sweep_id=sweep_id, action=step.action, reason=step.reason)
-                )
+            record_skip(step, outcome, self.bus.emit, sweep_id)
         return outcome
 
     def _needs_repair(self, state: UserState) -> bool:
@@ -326,27 +312,44 @@ class App:
 
     # -- forced rotation ---------------------------------------------------------------------
 
-    def rotate(self, users: list[str], *, revoke: bool) -> list[tuple[str, UserOutcome | None, str | None]]:
-        """Rotate ``users`` now. Returns (user, outcome, error) per user; other users still proceed."""
-        results: list[tuple[str, UserOutcome | None, str | None]] = []
+    def rotate(self, users: list[str], *, revoke: bool, account_ids: Sequence[str] = ()) -> list[RotateResult]:
+        """Rotate ``users`` now in every account where each is managed (narrowed to ``account_ids``).
+
+        One result per (account, user) that was tried, plus one per user managed nowhere: a refusal in
+        one account is never hidden by a success in another. Other users still proceed after a failure.
+        """
+        results: list[RotateResult] = []
         sweep_id = "rotate-" + uuid.uuid4().hex[:8]
-        accounts = self.accounts()
+        accounts = [a for a in self.accounts() if not account_ids or a.account_id in account_ids]
         for user in users:
-            errors: list[str] = []
-            outcome: UserOutcome | None = None
+            tried = False
             for account in accounts:
                 try:
                     outcome = self.executor(account, sweep_id).rotate_forced(user, revoke=revoke)
-                    break
-                except UserError as exc:
-                    errors.append(str(exc))
+                except NotManagedError:
+                    continue
                 except RotatorError as exc:
-                    errors.append(f"{user}: {exc}")
-                    break
-            if outcome is not None and not outcome.failed:
-                results.append((user, outcome, None))
-            elif outcome is not None:
-                results.append((user, outcome, "; ".join(msg for _step, msg in outcome.failed)))
-            else:
-                results.append((user, None, errors[0] if errors else f"{user}: not found"))
+                    results.append(RotateResult(account.account_id, user, None, str(exc)))
+                except Exception as exc:  # a defect costs this user in this account, never the others
+                    logging.getLogger(__name__).error("rotate.unexpected_error", exc_info=True)
+                    results.append(
+                        RotateResult(account.account_id, user, None, f"{user}: unexpected {type(exc).__name__}")
+                    )
+                else:
+                    error = "; ".join(msg for _step, msg in outcome.failed) or None
+                    results.append(RotateResult(account.account_id, user, outcome, error))
+                tried = True
+            if not tried:
+                where = f"account {', '.join(account_ids)}" if account_ids else "any account"
+                results.append(RotateResult(None, user, None, f"{user}: not a managed user in {where}"))
         return results
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    """What ``rotator rotate`` did for one user in one account."""
+
+    account: str | None
+    user: str
+    outcome: UserOutcome | None
+    error: str | None

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -29,6 +31,7 @@ import botocore.config
 import botocore.credentials
 import botocore.exceptions
 import botocore.loaders
+import botocore.parsers
 import botocore.session
 
 from rotator import __version__
@@ -120,6 +123,26 @@ class SecretSummary:
     arn: str
     tags: Mapping[str, str]
     versions: Mapping[str, tuple[str, ...]]
+    #: ``LastChangedDate``: the last change of any kind (value, stages, tags).
+    last_changed: datetime | None = None
+    #: ``DeletedDate`` is set: scheduled for deletion (restore or purge it before it is written again).
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class CredentialReport:
+    """Access-key slots per user, and when IAM generated the report (it serves one up to 4 h old)."""
+
+    generated: datetime | None
+    users: Mapping[str, list[ReportKey]]
+
+
+@dataclass(frozen=True)
+class KeyCreation:
+    """Who created an access key, from CloudTrail's ``CreateAccessKey`` event."""
+
+    key_id: str
+    principal_arn: str
 
 
 @dataclass(frozen=True)
@@ -201,7 +224,9 @@ class Boundary:
         max_attempts: int = 8,
         limiter: RateLimiter | None = None,
         account: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self.sleep = sleep
         self.session = session
         self.emit = emit
         self.max_attempts = max_attempts
@@ -218,11 +243,17 @@ class Boundary:
             user_agent_extra=f"iam-key-rotator/{__version__}",
         )
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, *, once: bool = False) -> Any:
+        """The shared client of ``service``; ``once``: one that botocore never retries (see :meth:`call`)."""
+        name = f"{service}#once" if once else service
         with self._lock:
-            if service not in self._clients:
-                self._clients[service] = self._make_client(self.session, service)
-            return self._clients[service]
+            if name not in self._clients:
+                config = self.client_config()
+                if once:
+                    config = config.merge(botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+                region = _iam_events_region(self.session.region_name) if service == "cloudtrail" else None
+                self._clients[name] = self._make_client(self.session, service, config=config, region=region)
+            return self._clients[name]
 
     def client_signed_by(self, key_id: str, secret: SecretText, service: str) -> Any:
         """A one-off client that signs with the given key (validating a new key), same config and hooks.
@@ -235,9 +266,19 @@ class Boundary:
                 self.session, service, aws_access_key_id=key_id, aws_secret_access_key=secret.reveal()
             )
 
-    def _make_client(self, session: boto3.session.Session, service: str, **credentials: str) -> Any:
+    def _make_client(
+        self,
+        session: boto3.session.Session,
+        service: str,
+        *,
+        config: botocore.config.Config | None = None,
+        region: str | None = None,
+        **credentials: str,
+    ) -> Any:
         try:
-            client = session.client(service, config=self.client_config(), **credentials)  # type: ignore[call-overload]
+            client = session.client(  # type: ignore[call-overload]
+                service, config=config or self.client_config(), region_name=region, **credentials
+            )
         except botocore.exceptions.NoRegionError as exc:
             raise UnreachableError(
                 "no AWS region configured (set AWS_REGION or a profile region)", service=service
@@ -262,54 +303,53 @@ class Boundary:
             )
 
     def call(
-        self, service: str, operation: str, client: Any = None, *, missing_ok: bool = False, **params: Any
+        self,
+        service: str,
+        operation: str,
+        client: Any = None,
+        *,
+        missing_ok: bool = False,
+        once: bool = False,
+        **params: Any,
     ) -> dict[str, Any]:
         """One AWS call, counted and translated. ``operation`` is the API name (``ListAccessKeys``).
 
         ``missing_ok``: "not found" is an answer the caller expects (DescribeSecret before a
         bootstrap), counted as ``ok`` so dashboards do not show it as an error; it still raises
         :class:`NotFoundError` for the caller to handle.
+
+        ``once``: the call must not be repeated blindly after AWS may have acted on it
+        (``CreateAccessKey`` would create a second key; ``CreateSecret`` would answer "exists";
+        moto moves ``AWSCURRENT`` on a repeated ``PutSecretValue``). botocore does not retry it;
+        only throttling - an answer that says AWS did *not* act - is retried here, with backoff. Any
+        other failure raises with ``maybe_acted`` telling the caller whether to look before retrying.
         """
-        method = getattr(client or self.client(service), _snake(operation))
-        self.limiter.wait()
-        try:
-            result: dict[str, Any] = method(**params)
-        except botocore.exceptions.ClientError as exc:
-            error = translate(exc, service, operation)
+        method = getattr(client or self.client(service, once=once), _snake(operation))
+        attempts = self.max_attempts if once else 1
+        for attempt in range(1, attempts + 1):
+            self.limiter.wait()
+            try:
+                result: dict[str, Any] = method(**params)
+            except botocore.exceptions.ClientError as exc:
+                error: AwsError = translate(exc, service, operation)
+                cause: BaseException | None = exc
+            except Exception as exc:  # every transport or parser failure becomes ours, here
+                error, cause = _translate_failure(exc, service, operation), None
+            else:
+                self.emit(AwsCall(service=service, operation=operation, outcome="ok", account=self.account))
+                return result
+            if once and isinstance(error, ThrottledError) and attempt < attempts:
+                self.emit(AwsCall(service=service, operation=operation, outcome="throttled", account=self.account))
+                self.sleep(min(20.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+                continue
             outcome = "ok" if missing_ok and isinstance(error, NotFoundError) else "error"
             self.emit(AwsCall(service=service, operation=operation, outcome=outcome, account=self.account))
-            raise error from exc
-        except (
-            botocore.exceptions.EndpointConnectionError,
-            botocore.exceptions.ConnectionClosedError,
-            botocore.exceptions.ReadTimeoutError,
-            botocore.exceptions.ConnectTimeoutError,
-        ) as exc:
-            self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
-            raise UnreachableError(
-                f"{service}:{operation}: endpoint unreachable ({type(exc).__name__})",
-                service=service,
-                operation=operation,
-            ) from exc
-        except botocore.exceptions.NoCredentialsError as exc:
-            self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
-            raise UnreachableError(
-                "no AWS credentials found (boto3's standard chain)", service=service, operation=operation
-            ) from exc
-        except botocore.exceptions.NoRegionError as exc:
-            self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
-            raise UnreachableError(
-                "no AWS region configured (set AWS_REGION or a profile region)",
-                service=service,
-                operation=operation,
-            ) from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            self.emit(AwsCall(service=service, operation=operation, outcome="error", account=self.account))
-            raise AwsError(
-                f"{service}:{operation}: {type(exc).__name__}", service=service, operation=operation
-            ) from exc
-        self.emit(AwsCall(service=service, operation=operation, outcome="ok", account=self.account))
-        return result
+            if cause is None:
+                # Raised outside the ``except`` block and ``from None``: no traceback ever shows the
+                # original exception, whose text may hold a (cut-off) response body with a secret key.
+                raise error from None
+            raise error from cause
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def pages(
         self, service: str, operation: str, token_in: str, token_out: str, **params: Any
@@ -335,8 +375,53 @@ def translate(exc: botocore.exceptions.ClientError, service: str, operation: str
     text = f"{service}:{operation}: {code}: {message}" if message else f"{service}:{operation}: {code}"
     if code in THROTTLING_CODES:
         return ThrottledError(text, service=service, operation=operation, code=code)
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     cls = _ERRORS.get(code, AwsError)
-    return cls(text, service=service, operation=operation, code=code)
+    # A 5xx may come after AWS acted (an internal failure answering a committed write).
+    return cls(text, service=service, operation=operation, code=code, maybe_acted=status >= 500)
+
+
+def _translate_failure(exc: Exception, service: str, operation: str) -> AwsError:
+    """Anything but an AWS error answer, as our own error - naming its type only, never its text.
+
+    The text of a parser error is the raw response body: for ``CreateAccessKey`` that is the new
+    secret access key, cut off where the answer broke. So no message of these exceptions is kept.
+    """
+    where = f"{service}:{operation}"
+    kind = type(exc).__name__
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return UnreachableError(
+            "no AWS credentials found (boto3's standard chain)", service=service, operation=operation
+        )
+    if isinstance(exc, botocore.exceptions.NoRegionError):
+        return UnreachableError(
+            "no AWS region configured (set AWS_REGION or a profile region)", service=service, operation=operation
+        )
+    if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
+        # Never connected: the request was not sent, AWS did not act.
+        return UnreachableError(f"{where}: endpoint unreachable ({kind})", service=service, operation=operation)
+    if isinstance(exc, (botocore.exceptions.HTTPClientError, OSError)):
+        return UnreachableError(
+            f"{where}: connection lost before the answer ({kind})",
+            service=service,
+            operation=operation,
+            maybe_acted=True,
+        )
+    if isinstance(exc, botocore.parsers.ResponseParserError):
+        return AwsError(f"{where}: unreadable answer ({kind})", service=service, operation=operation, maybe_acted=True)
+    return AwsError(f"{where}: {kind}", service=service, operation=operation, maybe_acted=True)
+
+
+def _iam_events_region(region: str | None) -> str:
+    """Where CloudTrail records IAM's events: IAM is global, its events land in the partition's home region.
+
+    https://docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-concepts.html#cloudtrail-concepts-global-service-events
+    """
+    if region and region.startswith("cn-"):
+        return "cn-north-1"
+    if region and region.startswith("us-gov-"):
+        return "us-gov-west-1"
+    return "us-east-1"
 
 
 def _snake(operation: str) -> str:
@@ -388,6 +473,7 @@ class Aws:
         self.boundary = boundary
         self.sleep = sleep
         self.report_timeout = report_timeout
+        self._own_principal: str | None = None
 
     # -- account -----------------------------------------------------------------------------
 
@@ -570,8 +656,14 @@ class Aws:
             tags={tag["Key"]: tag["Value"] for tag in item.get("Tags", [])},
         )
 
-    def credential_report(self) -> dict[str, list[ReportKey]]:
-        """Access-key slots of every user from one credential report (no key ids in it)."""
+    def credential_report(self) -> CredentialReport:
+        """Access-key slots of every user from one credential report (no key ids in it).
+
+        IAM regenerates the report only when the one it holds is more than 4 hours old, so the content
+        may be that old: ``generated`` says how old, and the inventory trusts a user's row only where
+        nothing newer contradicts it.
+        https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_getting-report.html
+        """
         deadline = time.monotonic() + self.report_timeout
         delay = 0.5
         while True:
@@ -586,7 +678,9 @@ class Aws:
                 )
             self.sleep(delay)
             delay = min(delay * 2, 8.0)
-        content = self.boundary.call("iam", "GetCredentialReport")["Content"]
+        answer = self.boundary.call("iam", "GetCredentialReport")
+        content = answer["Content"]
+        generated = answer.get("GeneratedTime")
         text = content.decode() if isinstance(content, bytes) else str(content)
         report: dict[str, list[ReportKey]] = {}
         for row in csv.DictReader(io.StringIO(text)):
@@ -596,7 +690,7 @@ class Aws:
                 # A row that does not parse (an emulator that leaves commas unquoted, say) is
                 # dropped: its user falls back to ListAccessKeys, never to "no keys".
                 continue
-        return report
+        return CredentialReport(_utc(generated) if isinstance(generated, datetime) else None, report)
 
     def access_keys(self, user: str) -> list[AccessKey]:
         keys: list[AccessKey] = []
@@ -619,7 +713,8 @@ class Aws:
     # -- IAM writes ----------------------------------------------------------------------------
 
     def create_access_key(self, user: str) -> NewKey:
-        item = self.boundary.call("iam", "CreateAccessKey", UserName=user)["AccessKey"]
+        """A new key; never retried after AWS may have acted (a retry would create a second key)."""
+        item = self.boundary.call("iam", "CreateAccessKey", once=True, UserName=user)["AccessKey"]
         return NewKey(
             key_id=item["AccessKeyId"],
             secret_access_key=SecretText(item["SecretAccessKey"]),
@@ -641,7 +736,8 @@ class Aws:
     # -- Secrets Manager -----------------------------------------------------------------------
 
     def secrets(self, name_prefix: str) -> list[SecretSummary]:
-        params: dict[str, Any] = {"MaxResults": 100}
+        # Secrets scheduled for deletion too: a plan must see what the sweep's DescribeSecret will.
+        params: dict[str, Any] = {"MaxResults": 100, "IncludePlannedDeletion": True}
         if name_prefix:
             params["Filters"] = [{"Key": "name", "Values": [name_prefix]}]
         out: list[SecretSummary] = []
@@ -657,12 +753,6 @@ class Aws:
             item = self.boundary.call("secretsmanager", "DescribeSecret", SecretId=name, missing_ok=True)
         except NotFoundError:
             return None
-        if item.get("DeletedDate"):
-            raise ConflictError(
-                f"secret {name} is scheduled for deletion; restore or purge it first",
-                service="secretsmanager",
-                operation="DescribeSecret",
-            )
         return _summary(item, item.get("VersionIdsToStages", {}))
 
     def secret_value(self, name: str, *, stage: str | None = None, version_id: str | None = None) -> SecretText:
@@ -696,12 +786,13 @@ class Aws:
             params["KmsKeyId"] = kms_key_id
         if replica_regions:
             params["AddReplicaRegions"] = [{"Region": region} for region in replica_regions]
-        return str(self.boundary.call("secretsmanager", "CreateSecret", **params)["ARN"])
+        return str(self.boundary.call("secretsmanager", "CreateSecret", once=True, **params)["ARN"])
 
     def put_secret_value(self, name: str, value: SecretText, token: str, stages: list[str]) -> None:
         self.boundary.call(
             "secretsmanager",
             "PutSecretValue",
+            once=True,
             SecretId=name,
             SecretString=value.reveal(),
             ClientRequestToken=token,
@@ -744,6 +835,46 @@ class Aws:
             Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
         )
 
+    # -- who created a key (CloudTrail event history) --------------------------------------
+
+    def own_principal(self) -> str:
+        """The principal this process acts as (``sts:GetCallerIdentity``), cached; see :func:`same_principal`."""
+        if self._own_principal is None:
+            self._own_principal = str(self.boundary.call("sts", "GetCallerIdentity")["Arn"])
+        return self._own_principal
+
+    def key_creation(self, key_id: str, created: datetime) -> KeyCreation | None:
+        """The ``CreateAccessKey`` event that created ``key_id``, or None when CloudTrail has none (yet).
+
+        CloudTrail's event history keeps 90 days of management events in every account without a
+        trail, delivers an event typically within 5 minutes (not guaranteed), and records IAM's events
+        in the partition's home region. Lookups are limited to 2 per second per account and region.
+        https://docs.aws.amazon.com/awscloudtrail/latest/userguide/view-cloudtrail-events.html
+        """
+        start = created - timedelta(hours=1)
+        end = created + timedelta(hours=1)
+        for page in self.boundary.pages(
+            "cloudtrail",
+            "LookupEvents",
+            "NextToken",
+            "NextToken",
+            LookupAttributes=[{"AttributeKey": "ResourceName", "AttributeValue": key_id}],
+            StartTime=start,
+            EndTime=end,
+        ):
+            for event in page.get("Events", []):
+                if event.get("EventName") != "CreateAccessKey":
+                    continue
+                try:
+                    detail = json.loads(event.get("CloudTrailEvent") or "{}")
+                    created_id = detail["responseElements"]["accessKey"]["accessKeyId"]
+                    principal = detail["userIdentity"]["arn"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if created_id == key_id and isinstance(principal, str):
+                    return KeyCreation(key_id, principal)
+        return None
+
     # -- validation of a new key ---------------------------------------------------------------
 
     def caller_arn_with(self, key: NewKey) -> str:
@@ -753,12 +884,32 @@ class Aws:
 
 
 def _summary(item: Mapping[str, Any], versions: Mapping[str, list[str]]) -> SecretSummary:
+    changed = item.get("LastChangedDate")
     return SecretSummary(
         name=item["Name"],
         arn=item.get("ARN", ""),
         tags={tag["Key"]: tag["Value"] for tag in item.get("Tags", []) or []},
         versions={version: tuple(stages) for version, stages in versions.items() if stages},
+        last_changed=_utc(changed) if isinstance(changed, datetime) else None,
+        deleted=bool(item.get("DeletedDate")),
     )
+
+
+def same_principal(a: str, b: str) -> bool:
+    """Whether two ARNs are the same principal: an assumed role is the same whatever its session name.
+
+    Each replica (and each renewal) of the rotator's role has its own session name, so
+    ``arn:aws:sts::1:assumed-role/Rotator/i-0abc`` and ``.../Rotator/i-0def`` are one principal.
+    """
+
+    def identity(arn: str) -> str:
+        parts = arn.split(":", 5)
+        if len(parts) == 6 and parts[5].startswith("assumed-role/"):
+            role = parts[5].split("/")
+            return ":".join([*parts[:2], "sts", "", parts[4], "/".join(role[:2])])
+        return arn
+
+    return identity(a) == identity(b)
 
 
 def _epoch_number(value: float) -> str:

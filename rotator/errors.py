@@ -13,10 +13,15 @@
     │   ├── ConflictError         the resource changed under us (concurrent writer)
     │   └── UnreachableError      endpoint unreachable / no credentials
     ├── UserError                 a per-user problem that stops that user only
+    │   └── NotManagedError       not a managed user (in this account)
     └── ValidationTimeoutError    a new key never authenticated within ``aws.validation_timeout``
 
-``botocore.exceptions.ClientError`` never escapes ``rotator.aws``: it is translated there with
-``raise ... from exc``. Exit codes are mapped in one place, ``rotator.cli``.
+No botocore, urllib3 or socket exception escapes ``rotator.aws``: each is translated there into this
+tree, and an answer that could not be parsed is raised ``from None`` (a cut-off response body can hold
+a new secret access key, and a chained exception would print it in a traceback). An :class:`AwsError`
+whose ``maybe_acted`` is true is ambiguous: AWS may have carried the call out (a 5xx, a dropped
+connection or an unparsable answer after the request was sent). Exit codes are mapped in one place,
+``rotator.cli``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from __future__ import annotations
 
 class RotatorError(Exception):
     """Root of every error the rotator raises on purpose."""
+
+    #: The access key the failed step is about when it is not the planned one: a rotation that failed
+    #: after creating its new key names the new key (events and ``action.failed`` report it).
+    key_id: str | None = None
 
 
 class ConfigError(RotatorError):
@@ -37,11 +46,15 @@ class UsageError(RotatorError):
 class AwsError(RotatorError):
     """An AWS call failed. ``service``/``operation``/``code`` say which and why."""
 
-    def __init__(self, message: str, *, service: str = "", operation: str = "", code: str = "") -> None:
+    def __init__(
+        self, message: str, *, service: str = "", operation: str = "", code: str = "", maybe_acted: bool = False
+    ) -> None:
         super().__init__(message)
         self.service = service
         self.operation = operation
         self.code = code
+        #: AWS may have carried the call out although it failed (a lost or garbled answer, a 5xx).
+        self.maybe_acted = maybe_acted
 
 
 class ThrottledError(AwsError):
@@ -74,6 +87,10 @@ class UserError(RotatorError):
     def __init__(self, user: str, message: str) -> None:
         super().__init__(f"{user}: {message}")
         self.user = user
+
+
+class NotManagedError(UserError):
+    """The user does not exist in this account, or is outside the selection, or excluded."""
 
 
 class ValidationTimeoutError(RotatorError):

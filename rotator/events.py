@@ -87,6 +87,24 @@ class OrphanDeleted(UserEvent):
 
 
 @dataclass(frozen=True)
+class KeyWithdrawn(UserEvent):
+    """A key this run created and could not store or validate was deleted at once."""
+
+    name: ClassVar[str] = "rotation.key_withdrawn"
+    level: ClassVar[str] = "warning"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class KeyOwnershipUnproven(UserEvent):
+    """An unreferenced key whose creator cannot be proven: left alone, reported every sweep (I9, I10)."""
+
+    name: ClassVar[str] = "key.ownership_unproven"
+    level: ClassVar[str] = "error"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class RecordRepaired(UserEvent):
     """A timestamp a crash kept from being written was recorded late (see docs/design.md)."""
 

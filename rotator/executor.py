@@ -18,7 +18,6 @@ Bootstrap (no secret; a first version is always AWSCURRENT, so validate *before*
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
@@ -33,8 +32,10 @@ from rotator.aws import Aws, NewKey, SecretText
 from rotator.config import Settings, policy_for_user
 from rotator.errors import (
     AwsError,
+    ConflictError,
     LimitExceededError,
     NotFoundError,
+    NotManagedError,
     RotatorError,
     UserError,
     ValidationTimeoutError,
@@ -47,7 +48,9 @@ from rotator.events import (
     KeyDeleted,
     KeyDisabled,
     KeyHeld,
+    KeyOwnershipUnproven,
     KeyPublished,
+    KeyWithdrawn,
     OrphanDeleted,
     RecordRepaired,
     ValidationAttempt,
@@ -65,6 +68,7 @@ from rotator.model import (
     TAG_PREVIOUS_CREATED,
     TAG_PREVIOUS_KEY,
     TAG_PUBLISHED_AT,
+    TAG_USER,
     USER_TAG_ROTATION_KEYS,
     USER_TAG_ROTATION_STARTED,
     AccessKey,
@@ -74,9 +78,10 @@ from rotator.model import (
     Step,
     UserPlan,
     UserState,
+    own_tag,
     version_id_for,
 )
-from rotator.policy import classify, decide, decide_forced, repairs_needed
+from rotator.policy import _after, classify, decide, decide_forced, repairs_needed
 
 Clock = Callable[[], datetime]
 
@@ -92,6 +97,14 @@ class _Context(TypedDict):
 
 class ConcurrentlyDone(RotatorError):
     """Another run completed this very step first; nothing is left to do (not a failure)."""
+
+
+class KeyOutcomeUnknown(RotatorError):
+    """CreateAccessKey failed in a way that does not say whether AWS created the key."""
+
+
+#: IAM's limit of tags per user.
+IAM_USER_TAG_LIMIT = 50
 
 
 class Budget:
@@ -166,6 +179,8 @@ class Executor:
         self.sweep_id = sweep_id
         #: Set by the daemon on SIGTERM: no new step starts, the one in flight finishes.
         self.stop = stop
+        #: The key this executor published last (``--revoke`` disables against it, not the stale state).
+        self._published_key: str | None = None
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -206,7 +221,7 @@ class Executor:
         outcome = UserOutcome(user=user, account=self.inventory.account)
         state = self.inventory.refresh(user)
         if state is None:
-            raise UserError(user, "not a managed user (missing, outside the selection or excluded)")
+            raise NotManagedError(user, "not a managed user (missing, outside the selection or excluded)")
         policy = self.policy(state)
         now = self.clock()
         plan = decide_forced(state, policy, now, revoke=revoke)
@@ -228,7 +243,7 @@ class Executor:
     ) -> None:
         for step in plan.steps:
             if step.action is Action.SKIP:
-                self._skip(outcome.skipped, step, step.reason)
+                record_skip(step, outcome, self.emit, self.sweep_id)
                 continue
             if step.action is Action.HOLD:
                 outcome.held.append(step)
@@ -252,26 +267,38 @@ class Executor:
                 self._skip(outcome.deferred, step, "deferred: safety.max_actions_per_sweep reached")
                 continue
             try:
-                state = self._apply(state, policy, step, revoke=revoke)
+                state = self._apply(state, policy, step)
             except ConcurrentlyDone as exc:
                 self._skip(outcome.skipped, step, str(exc))
                 return
-            except LimitExceededError:
-                # I1/I8: another process took the free key slot first; its rotation stands.
-                self._skip(outcome.skipped, step, "key limit reached: a concurrent rotation won")
-                return
             except RotatorError as exc:
                 outcome.failed.append((step, str(exc)))
-                self._failed(state.user, step.key_id, step.action, exc)
+                self._failed(state.user, exc.key_id or step.key_id, step.action, exc)
                 return  # later steps of this user depend on this one
             outcome.done.append(step)
+            if revoke and step.action is Action.ROTATE and step.key_id is not None:
+                self._revoke(state, step, outcome)
 
-    def _apply(self, state: UserState, policy: EffectivePolicy, step: Step, *, revoke: bool) -> UserState:
+    def _revoke(self, state: UserState, rotated: Step, outcome: UserOutcome) -> None:
+        """``rotate --revoke``: the key that was current until now is disabled at once."""
+        replaced = state.key(rotated.key_id)
+        if replaced is None or not replaced.active:
+            return  # nothing to disable: the outcome shows no disable step
+        step = Step(state.account, state.user, Action.DISABLE, replaced.key_id, "forced rotation with --revoke")
+        try:
+            self._disable(state, replaced.key_id, step.reason, loud=True, current=self._published_key)
+        except RotatorError as exc:
+            outcome.failed.append((step, str(exc)))
+            self._failed(state.user, step.key_id, step.action, exc)
+            return
+        outcome.done.append(step)
+
+    def _apply(self, state: UserState, policy: EffectivePolicy, step: Step) -> UserState:
         if step.action is Action.ROTATE:
             if step.resume:
                 self._resume(state, policy, step)
             else:
-                self._rotate(state, policy, step, revoke=revoke)
+                self._rotate(state, policy, step)
             return state
         assert step.key_id is not None
         if step.action is Action.DISABLE:
@@ -283,8 +310,12 @@ class Executor:
                 # Recorded after the fact; a crash in between only costs a stale plan line.
                 self.aws.tag_secret(state.secret.name, {TAG_DELETED_KEY: step.key_id})
         elif step.action is Action.CLEANUP:
+            if step.key_id == state.secret.key_in(AWSPENDING):
+                # An abandoned rotation: its version loses the label first, so nobody resumes it.
+                self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version_id_for(step.key_id))
             self._delete(state, step.key_id)
             self.emit(OrphanDeleted(**self._ctx(step), reason=step.reason))
+            self._untag(state, [own_tag(step.key_id), USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS])
         return state
 
     # -- the steps --------------------------------------------------------------------------------
@@ -318,28 +349,119 @@ class Executor:
         self.aws.tag_secret(state.secret.name, {TAG_DISABLED_KEY: key_id, TAG_DISABLED_AT: _iso(self.clock())})
 
     def _start(self, state: UserState) -> NewKey:
-        # The mark also names the keys that exist now: a key created shortly *before* the mark (an
-        # operator's key for a new user, bootstrapped at once) must never pass for our orphan.
+        """Intent mark, CreateAccessKey, ownership record: the three calls that make a key ours.
+
+        The intent mark proves nothing (docs/design.md, "Ownership"); it only lets a key whose record
+        was never written (a crash or a lost answer in between) be found again and settled from
+        CloudTrail. The record ``rotator:own:<key id>`` is the proof, written the moment the id is known.
+        """
+        ours = len([t for t in state.tags if t not in state.in_flight_tags])
+        if ours + 3 > IAM_USER_TAG_LIMIT:
+            raise UserError(
+                state.user,
+                f"the user has {ours} tags; a rotation needs 3 free of IAM's {IAM_USER_TAG_LIMIT} "
+                "(intent mark and ownership record): remove some",
+            )
         existing = " ".join(sorted(k.key_id for k in state.keys))
-        self.aws.tag_user(state.user, {USER_TAG_ROTATION_STARTED: _iso(self.clock()), USER_TAG_ROTATION_KEYS: existing})
-        key = self.aws.create_access_key(state.user)
+        intent = {USER_TAG_ROTATION_STARTED: _iso(self.clock()), USER_TAG_ROTATION_KEYS: existing}
+        try:
+            self.aws.tag_user(state.user, intent)
+        except LimitExceededError as exc:
+            raise UserError(state.user, f"cannot write the rotation mark: {exc}") from exc
+        try:
+            key = self.aws.create_access_key(state.user)
+        except AwsError as exc:
+            if exc.maybe_acted:
+                # A key may exist whose id we never learnt: the intent mark stays so that it is found,
+                # reported and settled from CloudTrail (never deleted on a guess).
+                raise KeyOutcomeUnknown(
+                    f"{state.user}: CreateAccessKey failed after AWS may have acted ({exc.code or type(exc).__name__});"
+                    " a key it created would be unrecorded: left alone until CloudTrail proves its creator"
+                ) from None
+            # AWS did not act: the mark must not outlive the attempt (it proves nothing about later keys).
+            self._untag(state, list(intent))
+            if isinstance(exc, LimitExceededError):
+                raise ConcurrentlyDone(
+                    f"{state.user}: key limit reached: another key appeared since the re-read; not rotated"
+                ) from exc
+            raise
+        try:
+            self.aws.tag_user(state.user, {own_tag(key.key_id): _iso(key.created)})
+        except AwsError as exc:
+            self._withdraw(state, key.key_id, "its ownership record could not be written")
+            error = AwsError(f"{state.user}: could not record new key {key.key_id}, withdrawn: {exc}")
+            error.key_id = key.key_id
+            raise error from None
         self.emit(KeyCreated(account=state.account, user=state.user, key_id=key.key_id, sweep_id=self.sweep_id))
         return key
 
-    def _rotate(self, state: UserState, policy: EffectivePolicy, step: Step, *, revoke: bool) -> None:
+    def _withdraw(self, state: UserState, key_id: str, why: str) -> None:
+        """Delete a new key of this run that cannot be stored (it is ours: we hold its id from IAM)."""
+        try:
+            self.aws.delete_access_key(state.user, key_id)
+        except NotFoundError:
+            pass
+        except AwsError:
+            return  # its ownership record stays: the first sweep after the in-flight window cleans it
+        self.emit(
+            KeyWithdrawn(account=state.account, user=state.user, key_id=key_id, sweep_id=self.sweep_id, reason=why)
+        )
+        self._untag(state, [own_tag(key_id)])
+
+    def _untag(self, state: UserState, tags: list[str]) -> None:
+        try:
+            self.aws.untag_user(state.user, tags)
+        except AwsError:
+            return  # a stale record of a deleted key, or a stale mark, only costs a report line
+
+    def _stored(self, state: UserState, key: NewKey) -> bool:
+        """After an ambiguous write: does the secret hold ``key`` (in any version) now?"""
+        summary = self.aws.describe_secret(state.secret.name)
+        return summary is not None and version_id_for(key.key_id) in summary.versions
+
+    def _rotate(self, state: UserState, policy: EffectivePolicy, step: Step) -> None:
         roles = classify(state, policy)
         replaced = roles.current if state.secret.exists else state.key(step.key_id)
         key = self._start(state)
         document = credential_document(state.user, key)
         version = version_id_for(key.key_id)
-        deadline = key.created + policy.validation_timeout
-        if not state.secret.exists:
-            self._validate(state, key, deadline)
-            self._check_deadline(state, key, deadline)
-            tags = dict(self.settings.secrets.tags)
-            tags.update({TAG_MANAGED: "true", TAG_CURRENT_KEY: key.key_id, TAG_CURRENT_CREATED: _iso(key.created)})
-            if replaced is not None:
-                tags.update({TAG_PREVIOUS_KEY: replaced.key_id, TAG_PREVIOUS_CREATED: _iso(replaced.created)})
+        deadline = _after(key.created, policy.validation_timeout)
+        try:
+            if not state.secret.exists:
+                self._validate(state, key, deadline)
+                self._check_deadline(state, key, deadline)
+                self._create_secret(state, key, document, version, replaced)
+                self._published(state, key.key_id, replaced, resumed=False)
+            else:
+                self._check_deadline(state, key, deadline)
+                self._put_pending(state, key, document, version)
+                try:
+                    self._validate(state, key, deadline)
+                    self._check_deadline(state, key, deadline)
+                except RotatorError:
+                    self._abandon(state, key.key_id, version)
+                    raise
+                self._publish(state, version, key, replaced, resumed=False)
+        except RotatorError as exc:
+            exc.key_id = exc.key_id or key.key_id
+            raise
+        self._published_key = key.key_id
+
+    def _create_secret(
+        self, state: UserState, key: NewKey, document: SecretText, version: str, replaced: AccessKey | None
+    ) -> None:
+        tags = dict(self.settings.secrets.tags)
+        tags.update(
+            {
+                TAG_MANAGED: "true",
+                TAG_USER: state.user,
+                TAG_CURRENT_KEY: key.key_id,
+                TAG_CURRENT_CREATED: _iso(key.created),
+            }
+        )
+        if replaced is not None:
+            tags.update({TAG_PREVIOUS_KEY: replaced.key_id, TAG_PREVIOUS_CREATED: _iso(replaced.created)})
+        try:
             self.aws.create_secret(
                 state.secret.name,
                 document,
@@ -349,19 +471,33 @@ class Executor:
                 replica_regions=list(self.settings.secrets.replica_regions),
                 description=f"IAM access key of {state.user}, rotated by iam-key-rotator",
             )
-            self._published(state, key.key_id, replaced, resumed=False)
-        else:
-            self._check_deadline(state, key, deadline)
-            self.aws.put_secret_value(state.secret.name, document, version, [AWSPENDING])
-            try:
-                self._validate(state, key, deadline)
-                self._check_deadline(state, key, deadline)
-            except RotatorError:
-                self._abandon(state, key.key_id, version)
+        except AwsError as exc:
+            if not (exc.maybe_acted or isinstance(exc, ConflictError)):
+                self._withdraw(state, key.key_id, "the secret could not be created")
                 raise
-            self._publish(state, version, key, replaced, resumed=False)
-        if revoke and replaced is not None and replaced.active:
-            self._disable(state, replaced.key_id, "forced rotation with --revoke", loud=True, current=key.key_id)
+            # A lost answer (our secret exists) or a concurrent bootstrap (theirs does): look.
+            summary = self.aws.describe_secret(state.secret.name)
+            current = next((v for v, s in (summary.versions if summary else {}).items() if AWSCURRENT in s), None)
+            if current == version:
+                return  # our own CreateSecret went through; its answer was lost
+            if summary is None and not isinstance(exc, ConflictError):
+                self._withdraw(state, key.key_id, "the secret could not be created")
+                raise
+            self._withdraw(state, key.key_id, "another run created the secret first")
+            raise ConcurrentlyDone(
+                f"{state.user}: another run created secret {state.secret.name} first; new key {key.key_id} withdrawn"
+            ) from None
+
+    def _put_pending(self, state: UserState, key: NewKey, document: SecretText, version: str) -> None:
+        try:
+            self.aws.put_secret_value(state.secret.name, document, version, [AWSPENDING])
+        except AwsError as exc:
+            # Never simply repeated: moto moves AWSCURRENT on a repeated token, and a lost answer may
+            # mean it is stored. Stored -> carry on; not stored -> the key is withdrawn at once.
+            if exc.maybe_acted and self._stored(state, key):
+                return
+            self._withdraw(state, key.key_id, "its secret version could not be written")
+            raise
 
     def _resume(self, state: UserState, policy: EffectivePolicy, step: Step) -> None:
         """Publish a pending version another run wrote and never published (it crashed)."""
@@ -375,7 +511,7 @@ class Executor:
             key = NewKey(step.key_id, SecretText(document["SecretAccessKey"]), pending.created)
         except (ValueError, KeyError, TypeError, AssertionError) as exc:
             raise UserError(state.user, "pending secret version does not hold the rotator's document") from exc
-        self._validate(state, key, self.clock() + policy.validation_timeout)
+        self._validate(state, key, _after(self.clock(), policy.validation_timeout))
         replaced = classify(state, policy).current
         self._publish(state, version, key, replaced, resumed=True)
 
@@ -390,7 +526,7 @@ class Executor:
         # A concurrent run's repair may remove AWSPENDING first (it saw what a crash here leaves):
         # move_stage then reports the goal as already met, and the publication is finished anyway.
         self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version)
-        tags = {TAG_CURRENT_KEY: key.key_id, TAG_CURRENT_CREATED: _iso(key.created)}
+        tags = {TAG_USER: state.user, TAG_CURRENT_KEY: key.key_id, TAG_CURRENT_CREATED: _iso(key.created)}
         if replaced is not None:
             tags.update({TAG_PREVIOUS_KEY: replaced.key_id, TAG_PREVIOUS_CREATED: _iso(replaced.created)})
         # Publication time is written after the stage moved: a crash in between leaves no record and
@@ -408,7 +544,7 @@ class Executor:
             )
         )
         self.aws.tag_secret(state.secret.name, tags)
-        self._finish(state)
+        self._finish(state, key.key_id)
 
     def _published(self, state: UserState, key_id: str, replaced: AccessKey | None, *, resumed: bool) -> None:
         self.emit(
@@ -423,27 +559,27 @@ class Executor:
             )
         )
         self.aws.tag_secret(state.secret.name, {TAG_PUBLISHED_AT: _iso(self.clock())})
-        self._finish(state)
+        self._finish(state, key_id)
 
-    def _finish(self, state: UserState) -> None:
-        try:
-            self.aws.untag_user(state.user, [USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS])
-        except AwsError:
-            return  # a stale mark only narrows what counts as foreign; never worth failing for
+    def _finish(self, state: UserState, key_id: str) -> None:
+        # The secret now holds the key: its ownership record and the intent mark have done their work.
+        self._untag(state, [own_tag(key_id), USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS])
 
     def _abandon(self, state: UserState, key_id: str, version: str) -> None:
         """A new key that never validated: unlabel its version and delete it (best effort)."""
         try:
             self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version)
-            self.aws.delete_access_key(state.user, key_id)
         except AwsError:
             return  # what is left is an orphan: the first sweep after the in-flight window cleans it
+        self._withdraw(state, key_id, "it did not validate in time")
 
     def _check_deadline(self, state: UserState, key: NewKey, deadline: datetime) -> None:
         """Past ``validation_timeout`` another run may treat our key as an orphan: stop."""
         if self.clock() > deadline:
-            with contextlib.suppress(AwsError):
-                self.aws.delete_access_key(state.user, key.key_id)
+            if state.secret.exists:
+                self._abandon(state, key.key_id, version_id_for(key.key_id))
+            else:
+                self._withdraw(state, key.key_id, "it overran aws.validation_timeout")
             raise ValidationTimeoutError(
                 f"{state.user}: rotation of {key.key_id} overran aws.validation_timeout; key withdrawn"
             )
@@ -544,6 +680,19 @@ class Executor:
                 error_type=type(exc).__name__,
             )
         )
+
+
+def record_skip(step: Step, outcome: UserOutcome, emit: Callable[[Event], None], sweep_id: str | None) -> None:
+    """A planned ``skip``: a per-user problem fails the user (I10); an unproven key is reported loudly."""
+    who: _Context = {"account": step.account, "user": step.user, "key_id": step.key_id, "sweep_id": sweep_id}
+    if step.unproven:
+        emit(KeyOwnershipUnproven(**who, reason=step.reason))
+    if step.problem:
+        outcome.failed.append((step, step.reason))
+        emit(ActionFailed(**who, action=step.action, error=step.reason, error_type="UserError"))
+    else:
+        outcome.skipped.append(step)
+        emit(ActionSkipped(**who, action=step.action, reason=step.reason))
 
 
 def run_users(

@@ -23,11 +23,12 @@ import fnmatch
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 
-from rotator.aws import Aws, ReportKey, SecretSummary, UserDetail
-from rotator.config import Settings, is_excluded_by_tag
-from rotator.errors import AwsError, NotFoundError
+from rotator.aws import Aws, ReportKey, SecretSummary, UserDetail, same_principal
+from rotator.config import Settings, is_excluded_by_tag, policy_for_user
+from rotator.errors import AwsError, NotFoundError, UserError
 from rotator.model import (
     AWSCURRENT,
     AWSPENDING,
@@ -35,19 +36,26 @@ from rotator.model import (
     TAG_CURRENT_CREATED,
     TAG_CURRENT_KEY,
     TAG_DELETED_KEY,
+    TAG_DISABLED_AT,
     TAG_DISABLED_KEY,
     TAG_MANAGED,
     TAG_PREVIOUS_CREATED,
     TAG_PREVIOUS_KEY,
+    TAG_PUBLISHED_AT,
+    USER_TAG_OWN_PREFIX,
+    USER_TAG_ROTATION_KEYS,
+    USER_TAG_ROTATION_STARTED,
     AccessKey,
     KeyStatus,
     SecretState,
     UserState,
     version_id_for,
 )
+from rotator.policy import classify
 
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
 _LABELS = (AWSCURRENT, AWSPREVIOUS, AWSPENDING)
+_IN_FLIGHT_USER_TAGS = (USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS)
 
 
 def is_managed(detail: UserDetail, settings: Settings) -> bool:
@@ -91,30 +99,62 @@ def _parse_time(raw: str | None) -> datetime | None:
         return None
 
 
+def changed_since(generated: datetime | None, detail: UserDetail, summary: SecretSummary | None) -> bool:
+    """Whether fresher bulk data says the credential report may be stale for this user.
+
+    IAM serves a report up to 4 hours old. Its row is trusted for a user only when nothing read in the
+    same sweep is newer: the user's in-flight tags (a rotation may have created a key since), the
+    secret's last change (stages, values and tags: a rotation, a disable or a delete recorded there),
+    and the rotator's own timestamp tags. A change made outside the rotator and invisible here (an
+    operator disabling the current key) shows once IAM regenerates the report: within 4 hours plus one
+    sweep interval (docs/reliability.md).
+    """
+    if generated is None:
+        return True
+    if any(tag in _IN_FLIGHT_USER_TAGS or tag.startswith(USER_TAG_OWN_PREFIX) for tag in detail.tags):
+        return True
+    if summary is None:
+        return False
+    stamps = [summary.last_changed]
+    stamps += [_parse_time(summary.tags.get(tag)) for tag in (TAG_PUBLISHED_AT, TAG_DISABLED_AT)]
+    return any(stamp is not None and _aware(stamp) >= generated for stamp in stamps)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 class Inventory:
     def __init__(self, aws: Aws, settings: Settings, account: str) -> None:
         self.aws = aws
         self.settings = settings
         self.account = account
+        #: When IAM generated the credential report the last :meth:`gather` read (None: none read).
+        self.report_generated: datetime | None = None
 
     # -- the whole account -------------------------------------------------------------------
 
     def gather(self) -> list[UserState]:
         details = [d for d in self.aws.user_details() if is_managed(d, self.settings)]
         if not details:
+            self.report_generated = None
             return []
         report = self.aws.credential_report()
+        self.report_generated = report.generated
         template = self.settings.secrets.name_template
         secrets = {s.name: s for s in self.aws.secrets(secret_prefix(template))}
         states: list[UserState] = []
         for detail in sorted(details, key=lambda d: d.name):
             name, error = secret_name(template, detail.name, self.account, detail.path)
             summary = secrets.get(name)
-            keys = self._keys_from_report(report.get(detail.name), summary)
+            slots = report.users.get(detail.name)
+            keys = None
+            if not changed_since(report.generated, detail, summary):
+                keys = self._keys_from_report(slots, summary)
             if keys is None:
-                keys = self._with_last_use(self.aws.access_keys(detail.name), report.get(detail.name))
+                keys = self._with_last_use(self.aws.access_keys(detail.name), slots)
             secret = self._secret_state(name, summary, keys)
-            states.append(self._state(detail, keys, secret, error))
+            states.append(self._proven(self._state(detail, keys, secret, error)))
         return states
 
     # -- one user, fresh, for the executor --------------------------------------------------
@@ -143,7 +183,35 @@ class Inventory:
                 last_used = self.aws.key_last_used(key.key_id)
             fresh.append(AccessKey(key.key_id, key.status, key.created, last_used))
         secret = self._secret_state(name, summary, fresh)
-        return self._state(detail, tuple(fresh), secret, error)
+        return self._proven(self._state(detail, tuple(fresh), secret, error))
+
+    # -- ownership that only CloudTrail can settle ----------------------------------------------
+
+    def _proven(self, state: UserState) -> UserState:
+        """Ask CloudTrail who created each ownership candidate (a key our records cannot explain).
+
+        Rare by design (a crash or a lost answer between CreateAccessKey and its record), so the
+        lookups - limited by AWS to 2 per second - cost nothing in a healthy account. A lookup that
+        fails or finds nothing leaves the key unproven: reported, never touched.
+        """
+        if not self.settings.safety.cloudtrail_lookup:
+            return state
+        try:
+            policy = policy_for_user(self.settings, state.tags, state.user)
+        except UserError:
+            return state  # the user is not acted on anyway; its problem is reported
+        candidates = classify(state, policy).unproven
+        if not candidates:
+            return state
+        creators = dict(state.creators)
+        for key in candidates:
+            try:
+                creation = self.aws.key_creation(key.key_id, key.created)
+                if creation is not None:
+                    creators[key.key_id] = same_principal(creation.principal_arn, self.aws.own_principal())
+            except AwsError:
+                continue  # unproven until a later sweep can ask
+        return replace(state, creators=creators)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -225,10 +293,13 @@ class Inventory:
         candidates |= {summary.tags[t] for t in (TAG_CURRENT_KEY, TAG_PREVIOUS_KEY) if t in summary.tags}
         by_version = {version_id_for(key_id): key_id for key_id in candidates}
         version_keys: dict[str, str | None] = {}
+        version_users: dict[str, str] = {}
         for version, stages in summary.versions.items():
             key_id = by_version.get(version)
             if key_id is None and managed and any(label in stages for label in _LABELS):
-                key_id = self._key_in_version(name, version)
+                key_id, user = self._key_in_version(name, version)
+                if user is not None:
+                    version_users[version] = user
             version_keys[version] = key_id
         return SecretState(
             name=name,
@@ -238,17 +309,21 @@ class Inventory:
             version_keys=version_keys,
             tags=dict(summary.tags),
             arn=summary.arn,
+            version_users=version_users,
+            deleted=summary.deleted,
         )
 
-    def _key_in_version(self, name: str, version: str) -> str | None:
-        """Read one version whose id is not ours (written by hand?) to learn which key it holds."""
+    def _key_in_version(self, name: str, version: str) -> tuple[str | None, str | None]:
+        """Read one version whose id is not ours (written by hand?): the key and user it holds."""
         try:
             text = self.aws.secret_value(name, version_id=version).reveal()
         except AwsError:
-            return None
+            return None, None
         try:
             document = json.loads(text)
         except ValueError:
-            return None
-        key_id = document.get("AccessKeyId") if isinstance(document, Mapping) else None
-        return key_id if isinstance(key_id, str) else None
+            return None, None
+        if not isinstance(document, Mapping):
+            return None, None
+        key_id, user = document.get("AccessKeyId"), document.get("UserName")
+        return (key_id if isinstance(key_id, str) else None), (user if isinstance(user, str) else None)

@@ -6,6 +6,7 @@ processor is the second line of defence of I7: the first is that events never ca
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import sys
@@ -30,8 +31,23 @@ _FLOORS = {
 }
 
 
+# Whatever follows a field named like a secret key in XML, JSON or key=value text, however short (a
+# response cut off mid-key leaves fewer than 40 characters for the pattern above to catch).
+_SECRET_VALUE = re.compile(
+    r"(?P<name>(?:SecretAccessKey|secret_access_key|SessionToken|aws_session_token)['\"]?\s*(?:>|:|=)\s*['\"]?)"
+    r"[^<'\"\s,}]+",
+)
+
+
 def redact_text(text: str) -> str:
-    return _SECRET_LIKE.sub("[REDACTED]", text)
+    return _SECRET_LIKE.sub("[REDACTED]", _SECRET_VALUE.sub(r"\g<name>[REDACTED]", text))
+
+
+def _redacted_traceback(sio: TextIO, exc_info: Any) -> None:
+    """structlog's plain traceback (no locals), redacted like every other field (I7)."""
+    buffer = io.StringIO()
+    structlog.dev.plain_traceback(buffer, exc_info)
+    sio.write(redact_text(buffer.getvalue()))
 
 
 def _redact(value: Any) -> Any:
@@ -74,7 +90,7 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
         # plain_traceback: with rich or better-exceptions installed, the default formatter would print
         # every frame's local variables, and a local can hold a secret access key (I7).
         renderer = structlog.dev.ConsoleRenderer(
-            colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+            colors=stream.isatty(), exception_formatter=_redacted_traceback
         )
         exc_processors: list[Any] = []
     else:

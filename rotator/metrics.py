@@ -74,6 +74,12 @@ class Metrics:
             ["service", "operation", "outcome"],
             registry=registry,
         )
+        self.unproven_keys = Gauge(
+            "rotator_unproven_keys",
+            "Keys left alone because no record or CloudTrail event proves the rotator created them.",
+            ["account"],
+            registry=registry,
+        )
         self.leader = Gauge("rotator_leader", "1 on the replica holding the lease.", registry=registry)
         self.build_info = Gauge("rotator_build_info", "Build information.", ["version"], registry=registry)
         self.dry_run = Gauge("rotator_dry_run", "1 when the rotator only plans (safety.dry_run).", registry=registry)
@@ -123,6 +129,7 @@ class Metrics:
         upcoming: set[tuple[str, ...]] = set()
         with self._lock:
             self.managed_users.labels(account).set(len(event.states))
+            self.unproven_keys.labels(account).set(sum(1 for p in event.plans for s in p.steps if s.unproven))
             for state in event.states:
                 for key in state.keys:
                     key_labels = (account, state.user, key.key_id, key.status.value)

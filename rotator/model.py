@@ -36,10 +36,25 @@ TAG_DISABLED_AT = "rotator:disabled-at"
 #: The previous key the rotator deleted last: a credential report (cached up to 4 h by IAM) that still
 #: lists it is stale for this user, so the inventory asks IAM instead.
 TAG_DELETED_KEY = "rotator:deleted-key-id"
+#: The user the secret's keys belong to: a secret another user's rotation wrote is never written again.
+TAG_USER = "rotator:user"
+#: The intent mark, written before CreateAccessKey: a rotation of this user may be creating a key. It
+#: proves nothing about whose a key is (an operator may create one in the same minute); it only makes
+#: an unrecorded key created near it a *candidate* orphan, whose creator CloudTrail may still prove.
 USER_TAG_ROTATION_STARTED = "rotator:rotation-started"
 #: Written with the mark: the (space-separated) ids of the keys that existed before CreateAccessKey.
 #: None of them can be the rotation's orphan, however close its CreateDate is to the mark.
 USER_TAG_ROTATION_KEYS = "rotator:rotation-keys"
+#: The ownership record, written right after CreateAccessKey returned: ``rotator:own:<key id>=<time>``.
+#: One tag per key, so two runs never overwrite each other's proof; removed when the key is published
+#: or withdrawn. This (or a secret version holding the key, or CloudTrail) is the only proof of ownership.
+USER_TAG_OWN_PREFIX = "rotator:own:"
+
+
+def own_tag(key_id: str) -> str:
+    """The user tag that records ``key_id`` as created by the rotator."""
+    return USER_TAG_OWN_PREFIX + key_id
+
 
 # Per-user policy overrides (IAM user tags).
 USER_TAG_MAX_KEY_AGE = "rotator:max-key-age"
@@ -120,6 +135,19 @@ class SecretState:
     version_keys: Mapping[str, str | None] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
     arn: str | None = None
+    #: The user named by a version read to resolve it (a version the rotator's ids do not explain).
+    version_users: Mapping[str, str] = field(default_factory=dict)
+    #: Scheduled for deletion: neither written nor re-created until it is restored or purged.
+    deleted: bool = False
+
+    @property
+    def owner(self) -> str | None:
+        """The user whose keys this secret holds, as far as the secret says."""
+        tagged = self.tags.get(TAG_USER)
+        if tagged:
+            return tagged
+        current = self.version_with(AWSCURRENT)
+        return self.version_users.get(current) if current else None
 
     def version_with(self, stage: str) -> str | None:
         for version_id, stages in self.versions.items():
@@ -163,6 +191,9 @@ class UserState:
     secret: SecretState = field(default_factory=lambda: SecretState(name=""))
     #: A secret name could not be formed from the template (reported as a per-user error).
     secret_name_error: str | None = None
+    #: CloudTrail's verdict for keys whose ownership the rotator's own records cannot prove:
+    #: key id -> True (created by the rotator's principal) / False (by another principal).
+    creators: Mapping[str, bool] = field(default_factory=dict)
 
     def key(self, key_id: str | None) -> AccessKey | None:
         for key in self.keys:
@@ -173,6 +204,20 @@ class UserState:
     @property
     def rotation_started(self) -> datetime | None:
         return parse_instant(self.tags.get(USER_TAG_ROTATION_STARTED))
+
+    @property
+    def recorded_own_keys(self) -> frozenset[str]:
+        """Keys with an ownership record (``rotator:own:<id>``) on the user."""
+        return frozenset(tag[len(USER_TAG_OWN_PREFIX) :] for tag in self.tags if tag.startswith(USER_TAG_OWN_PREFIX))
+
+    @property
+    def in_flight_tags(self) -> tuple[str, ...]:
+        """The rotator's in-flight user tags: a rotation started or a key of its own not yet stored."""
+        return tuple(
+            tag
+            for tag in self.tags
+            if tag in (USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS) or tag.startswith(USER_TAG_OWN_PREFIX)
+        )
 
 
 @dataclass(frozen=True)
@@ -209,6 +254,8 @@ class Step:
     resume: bool = False
     #: A per-user problem (bad tag, foreign secret, impossible secret name): the sweep fails (exit 1).
     problem: bool = False
+    #: The step is about a key whose owner cannot be proven (left alone, reported loudly).
+    unproven: bool = False
 
     @property
     def mutating(self) -> bool:

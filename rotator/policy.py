@@ -9,8 +9,13 @@ Key roles (SPEC "Key lifecycle, precisely"):
 * *previous* - the key held by ``AWSPREVIOUS`` while it still exists in IAM;
 * *pending*  - the key held by ``AWSPENDING``: a rotation that wrote its new version and has not
   published it yet;
-* *orphan*   - an unreferenced key the rotator can prove it created (it was created within
-  ``validation_timeout`` of the user's ``rotator:rotation-started`` tag);
+* *orphan*   - an unreferenced key the rotator can prove it created: the user carries its ownership
+  record ``rotator:own:<key id>`` (written right after CreateAccessKey returned), or CloudTrail names
+  the rotator's own principal as its creator;
+* *unproven* - an unreferenced, unrecorded active key created close to the rotator's intent mark
+  (``rotator:rotation-started``): perhaps the rotator's (a crash or a lost answer between
+  CreateAccessKey and its record), perhaps an operator's made in the same minute. Never touched; past
+  the in-flight window it is reported loudly until CloudTrail settles whose it is;
 * *foreign*  - any other active key: reported, never touched;
 * *stray*    - any other inactive key: deleted only when a rotation needs its slot.
 """
@@ -52,6 +57,7 @@ class KeyRoles:
     orphans: tuple[AccessKey, ...]
     foreign: tuple[AccessKey, ...]
     strays: tuple[AccessKey, ...]
+    unproven: tuple[AccessKey, ...] = ()
 
     @property
     def previous_id(self) -> str | None:
@@ -76,31 +82,42 @@ def classify(state: UserState, policy: EffectivePolicy) -> KeyRoles:
     orphans: list[AccessKey] = []
     foreign: list[AccessKey] = []
     strays: list[AccessKey] = []
+    unproven: list[AccessKey] = []
     for key in state.keys:
         if key.key_id in referenced:
             continue
-        if is_provable_orphan(key, state, policy):
+        if is_proven_own(key, state):
             orphans.append(key)
+        elif key.active and is_ownership_candidate(key, state, policy):
+            unproven.append(key)
         elif key.active:
             foreign.append(key)
         else:
             strays.append(key)
-    return KeyRoles(current, previous, pending, tuple(orphans), tuple(foreign), tuple(strays))
+    return KeyRoles(current, previous, pending, tuple(orphans), tuple(foreign), tuple(strays), tuple(unproven))
 
 
-def is_provable_orphan(key: AccessKey, state: UserState, policy: EffectivePolicy) -> bool:
-    """The rotator created ``key``: it was created close to the user's rotation-started mark.
+def is_proven_own(key: AccessKey, state: UserState) -> bool:
+    """The rotator created ``key``, by its own record on the user or by CloudTrail's word.
 
-    The rotator tags the user with ``rotator:rotation-started=<now>`` right before CreateAccessKey, so
-    its own key's CreateDate lies within ``validation_timeout`` of that mark. A key created at any
-    other time was made by someone else and is foreign.
+    A time window around a mark is no proof: an operator's key created in that window, or after a
+    rotation that failed before CreateAccessKey, would pass for ours (docs/design.md, "Ownership").
     """
+    return key.key_id in state.recorded_own_keys or state.creators.get(key.key_id) is True
+
+
+def is_ownership_candidate(key: AccessKey, state: UserState, policy: EffectivePolicy) -> bool:
+    """``key`` may be the rotator's, created but never recorded: near the intent mark, unknown to it.
+
+    CloudTrail's verdict settles a candidate either way; until then it is never touched.
+    """
+    if key.key_id in state.creators:
+        return False  # CloudTrail named another creator (the rotator's would have proven it above)
     started = state.rotation_started
     if started is None:
         return False
     # A key that already existed when the mark was written is not the rotation's own, however
-    # close its CreateDate lies to the mark (the window is symmetric for clock skew, so without this
-    # a key created up to validation_timeout *before* the mark would be deleted as an orphan).
+    # close its CreateDate lies to the mark (the window is symmetric for clock skew).
     if key.key_id in state.tags.get(USER_TAG_ROTATION_KEYS, "").split():
         return False
     return abs(key.created - started) <= policy.validation_timeout
@@ -131,6 +148,7 @@ class _Planner:
         loud: bool = False,
         resume: bool = False,
         problem: bool = False,
+        unproven: bool = False,
     ) -> None:
         self.steps.append(
             Step(
@@ -143,6 +161,7 @@ class _Planner:
                 loud=loud,
                 resume=resume,
                 problem=problem,
+                unproven=unproven,
             )
         )
 
@@ -151,17 +170,9 @@ class _Planner:
 
     def run(self) -> None:
         state, secret = self.state, self.state.secret
-        if state.secret_name_error:
-            self.step(Action.SKIP, None, f"cannot form a secret name: {state.secret_name_error}", problem=True)
-            return
-        if secret.exists and not secret.managed:
-            self.step(
-                Action.SKIP,
-                None,
-                f"secret {secret.name} exists but was not written by the rotator "
-                "(no rotator:managed=true tag); refusing to overwrite it",
-                problem=True,
-            )
+        problem = secret_problem(state)
+        if problem is not None:
+            self.step(Action.SKIP, None, problem, problem=True)
             return
         roles = classify(state, self.policy)
         for key in roles.foreign:
@@ -185,6 +196,23 @@ class _Planner:
         """
         window = self.policy.in_flight_window
         in_flight = False
+        for key in roles.unproven:
+            due = _after(key.created, window)
+            if self.now < due:
+                # Perhaps another run's key between CreateAccessKey and its ownership record.
+                in_flight = True
+                self.step(Action.SKIP, key, "rotation in flight: new key not recorded yet", due)
+                continue
+            self.step(
+                Action.SKIP,
+                key,
+                "ownership unproven: created during an interrupted rotation but not recorded as the "
+                "rotator's, and CloudTrail names no creator (yet); left alone - delete it by hand once "
+                "you know it is not in use",
+                due,
+                problem=True,
+                unproven=True,
+            )
         for key in roles.orphans:
             due = _after(key.created, window)
             if self.now >= due:
@@ -194,6 +222,15 @@ class _Planner:
                 self.step(Action.SKIP, key, "rotation in flight: new key not stored yet", due)
                 self.later(Action.CLEANUP, key, due)
         pending = roles.pending
+        if pending is not None and not pending.active and self.now >= _after(pending.created, window):
+            # Disabled by someone while pending: it can never validate. Abandon it and start again.
+            self.step(
+                Action.CLEANUP,
+                pending,
+                "pending key was disabled before publication: rotation abandoned",
+                _after(pending.created, window),
+            )
+            return False  # the next sweep decides afresh on the freed slot
         if pending is not None:
             due = _after(pending.created, window)
             # Not while another run's new key is still in flight: publishing the pending key would
@@ -343,6 +380,25 @@ class _Planner:
         self.step(Action.ROTATE, replaced, reason, due)
 
 
+def secret_problem(state: UserState) -> str | None:
+    """Why the user's secret must not be written at all (a per-user problem), or None."""
+    secret = state.secret
+    if state.secret_name_error:
+        return f"cannot form a secret name: {state.secret_name_error}"
+    if not secret.exists:
+        return None
+    if not secret.managed:
+        return (
+            f"secret {secret.name} exists but was not written by the rotator "
+            "(no rotator:managed=true tag); refusing to overwrite it"
+        )
+    if secret.owner not in (None, state.user):
+        return f"secret {secret.name} holds the keys of user {secret.owner}; refusing to write it"
+    if secret.deleted:
+        return f"secret {secret.name} is scheduled for deletion; restore or purge it first"
+    return None
+
+
 def _after(instant: datetime, delta: timedelta) -> datetime:
     """``instant + delta``, saturating at the end of time instead of raising ``OverflowError``.
 
@@ -379,12 +435,11 @@ def decide_forced(state: UserState, policy: EffectivePolicy, now: datetime, *, r
     current until now is disabled at once (the executor does that last part).
     """
     secret = state.secret
-    if state.secret_name_error:
-        raise UserError(state.user, f"cannot form a secret name: {state.secret_name_error}")
-    if secret.exists and not secret.managed:
-        raise UserError(state.user, f"secret {secret.name} exists but was not written by the rotator")
+    problem = secret_problem(state)
+    if problem is not None:
+        raise UserError(state.user, problem)
     roles = classify(state, policy)
-    in_flight = [k for k in roles.orphans if now < _after(k.created, policy.in_flight_window)]
+    in_flight = [k for k in (*roles.orphans, *roles.unproven) if now < _after(k.created, policy.in_flight_window)]
     if roles.pending is not None:
         in_flight.append(roles.pending)
     if in_flight:
@@ -396,6 +451,12 @@ def decide_forced(state: UserState, policy: EffectivePolicy, now: datetime, *, r
     planner = _Planner(state, policy, now)
     for key in roles.orphans:
         planner.step(Action.CLEANUP, key, "orphan of an interrupted rotation: held by no secret", now)
+    if roles.unproven and len(state.keys) - len(roles.orphans) >= KEY_SLOTS:
+        raise UserError(
+            state.user,
+            f"key {roles.unproven[0].key_id} of an interrupted rotation holds a slot and its owner is unproven; "
+            "delete it by hand once you know it is not in use",
+        )
     free_slots = KEY_SLOTS - len(state.keys) + len(roles.orphans)
     replaced = roles.current
     if not secret.exists:
