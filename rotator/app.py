@@ -111,6 +111,8 @@ class App:
                 self.bus.emit,
                 max_attempts=self.settings.aws.max_attempts,
                 limiter=limiter,
+                connect_timeout=self.settings.aws.connect_timeout.total_seconds(),
+                read_timeout=self.settings.aws.read_timeout.total_seconds(),
             )
             self._aws = Aws(boundary, sleep=self.sleep)
         return self._aws

@@ -225,8 +225,13 @@ class Boundary:
         limiter: RateLimiter | None = None,
         account: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 15.0,
     ) -> None:
         self.sleep = sleep
+        #: Seconds per attempt (``aws.connect_timeout``/``aws.read_timeout``); see TRANSPORT_ATTEMPTS.
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.session = session
         self.emit = emit
         self.max_attempts = max_attempts
@@ -238,8 +243,8 @@ class Boundary:
     def client_config(self) -> botocore.config.Config:
         return botocore.config.Config(
             retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
-            connect_timeout=10,
-            read_timeout=30,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
             user_agent_extra=f"iam-key-rotator/{__version__}",
         )
 
@@ -284,6 +289,9 @@ class Boundary:
                 "no AWS region configured (set AWS_REGION or a profile region)", service=service
             ) from exc
         client.meta.events.register(f"needs-retry.{client.meta.service_model.endpoint_prefix}", self._on_retry)
+        # Ahead of botocore's own retry handler (same event name, registered first).
+        retry_event = f"needs-retry.{client.meta.service_model.service_id.hyphenize()}"
+        client.meta.events.register_first(retry_event, _limit_transport_retries)
         return client
 
     def _on_retry(self, response: Any = None, operation: Any = None, **_: Any) -> None:
@@ -336,14 +344,24 @@ class Boundary:
             except Exception as exc:  # every transport or parser failure becomes ours, here
                 error, cause = _translate_failure(exc, service, operation), None
             else:
-                self.emit(AwsCall(service=service, operation=operation, outcome="ok", account=self.account))
-                return result
+                if not _garbled(result):
+                    self.emit(AwsCall(service=service, operation=operation, outcome="ok", account=self.account))
+                    return result
+                error, cause = _unreadable(service, operation), None
             if once and isinstance(error, ThrottledError) and attempt < attempts:
                 self.emit(AwsCall(service=service, operation=operation, outcome="throttled", account=self.account))
                 self.sleep(min(20.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
                 continue
             outcome = "ok" if missing_ok and isinstance(error, NotFoundError) else "error"
-            self.emit(AwsCall(service=service, operation=operation, outcome=outcome, account=self.account))
+            self.emit(
+                AwsCall(
+                    service=service,
+                    operation=operation,
+                    outcome=outcome,
+                    account=self.account,
+                    reachable=_answered(error, cause),
+                )
+            )
             if cause is None:
                 # Raised outside the ``except`` block and ``from None``: no traceback ever shows the
                 # original exception, whose text may hold a (cut-off) response body with a secret key.
@@ -368,6 +386,33 @@ class Boundary:
                 return
 
 
+#: Tries of one call that got no answer (connection refused or lost, connect or read timeout). botocore
+#: would make ``aws.max_attempts`` of them, each waiting up to a whole timeout: against an endpoint that
+#: accepts and never answers, 8 read timeouts for one call. One retry still covers a dropped connection;
+#: with the default timeouts a call that gets no answer gives up within 2 x 15 s.
+TRANSPORT_ATTEMPTS = 2
+
+
+def _limit_transport_retries(attempts: int = 1, caught_exception: BaseException | None = None, **_: Any) -> None:
+    """botocore ``needs-retry`` hook, run before its retry handler: no third try of a call without an answer.
+
+    Raising the caught exception ends the call with it, just as botocore does when out of attempts.
+    """
+    if attempts >= TRANSPORT_ATTEMPTS and isinstance(
+        caught_exception, botocore.exceptions.ConnectionError | botocore.exceptions.HTTPClientError
+    ):
+        raise caught_exception
+
+
+def _answered(error: AwsError, cause: BaseException | None) -> bool:
+    """Whether AWS answered a failed call (``AwsCall.reachable``): an error answer below 5xx shows it is up."""
+    if isinstance(error, UnreachableError):
+        return False
+    if isinstance(cause, botocore.exceptions.ClientError):
+        return int(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) < 500
+    return True
+
+
 def translate(exc: botocore.exceptions.ClientError, service: str, operation: str) -> AwsError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", "Unknown"))
@@ -379,6 +424,30 @@ def translate(exc: botocore.exceptions.ClientError, service: str, operation: str
     cls = _ERRORS.get(code, AwsError)
     # A 5xx may come after AWS acted (an internal failure answering a committed write).
     return cls(text, service=service, operation=operation, code=code, maybe_acted=status >= 500)
+
+
+def _garbled(result: Mapping[str, Any]) -> bool:
+    """A 2xx JSON answer botocore could not parse: it hands back ``{"message": <raw body>}`` instead of raising.
+
+    (A cut-off Secrets Manager answer, say.) No successful answer of the services we call has a
+    top-level ``message``; read as a result, it would be a silently empty listing or value.
+    """
+    return (
+        isinstance(result.get("message"), str)
+        and int(result.get("ResponseMetadata", {}).get("HTTPStatusCode", 200)) < 300
+    )
+
+
+def _unreadable(service: str, operation: str) -> AwsError:
+    return AwsError(f"{service}:{operation}: unreadable answer", service=service, operation=operation, maybe_acted=True)
+
+
+def need(result: Mapping[str, Any], key: str, service: str, operation: str) -> Any:
+    """A field every complete answer has; its absence means the answer was cut off (AWS may have acted)."""
+    try:
+        return result[key]
+    except (KeyError, TypeError):
+        raise _unreadable(service, operation) from None
 
 
 def _translate_failure(exc: Exception, service: str, operation: str) -> AwsError:
@@ -478,7 +547,7 @@ class Aws:
     # -- account -----------------------------------------------------------------------------
 
     def account_id(self) -> str:
-        return str(self.boundary.call("sts", "GetCallerIdentity")["Account"])
+        return str(need(self.boundary.call("sts", "GetCallerIdentity"), "Account", "sts", "GetCallerIdentity"))
 
     def assume(self, role_arn: str, session_name: str = "iam-key-rotator") -> Aws:
         """An :class:`Aws` for another account, through ``sts:AssumeRole``.
@@ -512,6 +581,8 @@ class Aws:
             max_attempts=self.boundary.max_attempts,
             limiter=self.boundary.limiter,
             account=account,
+            connect_timeout=self.boundary.connect_timeout,
+            read_timeout=self.boundary.read_timeout,
         )
         return Aws(boundary, sleep=self.sleep, report_timeout=self.report_timeout)
 
@@ -648,7 +719,7 @@ class Aws:
         return users
 
     def user(self, user: str) -> UserDetail:
-        item = self.boundary.call("iam", "GetUser", UserName=user)["User"]
+        item = need(self.boundary.call("iam", "GetUser", UserName=user), "User", "iam", "GetUser")
         return UserDetail(
             name=item["UserName"],
             path=item.get("Path", "/"),
@@ -679,7 +750,7 @@ class Aws:
             self.sleep(delay)
             delay = min(delay * 2, 8.0)
         answer = self.boundary.call("iam", "GetCredentialReport")
-        content = answer["Content"]
+        content = need(answer, "Content", "iam", "GetCredentialReport")
         generated = answer.get("GeneratedTime")
         text = content.decode() if isinstance(content, bytes) else str(content)
         report: dict[str, list[ReportKey]] = {}
@@ -714,7 +785,8 @@ class Aws:
 
     def create_access_key(self, user: str) -> NewKey:
         """A new key; never retried after AWS may have acted (a retry would create a second key)."""
-        item = self.boundary.call("iam", "CreateAccessKey", once=True, UserName=user)["AccessKey"]
+        answer = self.boundary.call("iam", "CreateAccessKey", once=True, UserName=user)
+        item = need(answer, "AccessKey", "iam", "CreateAccessKey")
         return NewKey(
             key_id=item["AccessKeyId"],
             secret_access_key=SecretText(item["SecretAccessKey"]),
@@ -786,7 +858,7 @@ class Aws:
             params["KmsKeyId"] = kms_key_id
         if replica_regions:
             params["AddReplicaRegions"] = [{"Region": region} for region in replica_regions]
-        return str(self.boundary.call("secretsmanager", "CreateSecret", once=True, **params)["ARN"])
+        return str(self.boundary.call("secretsmanager", "CreateSecret", once=True, **params).get("ARN", ""))
 
     def put_secret_value(self, name: str, value: SecretText, token: str, stages: list[str]) -> None:
         self.boundary.call(
@@ -840,7 +912,9 @@ class Aws:
     def own_principal(self) -> str:
         """The principal this process acts as (``sts:GetCallerIdentity``), cached; see :func:`same_principal`."""
         if self._own_principal is None:
-            self._own_principal = str(self.boundary.call("sts", "GetCallerIdentity")["Arn"])
+            self._own_principal = str(
+                need(self.boundary.call("sts", "GetCallerIdentity"), "Arn", "sts", "GetCallerIdentity")
+            )
         return self._own_principal
 
     def key_creation(self, key_id: str, created: datetime) -> KeyCreation | None:
@@ -880,7 +954,9 @@ class Aws:
     def caller_arn_with(self, key: NewKey) -> str:
         """``sts:GetCallerIdentity`` signed with ``key`` itself: proves the secret key works."""
         client = self.boundary.client_signed_by(key.key_id, key.secret_access_key, "sts")
-        return str(self.boundary.call("sts", "GetCallerIdentity", client=client)["Arn"])
+        return str(
+            need(self.boundary.call("sts", "GetCallerIdentity", client=client), "Arn", "sts", "GetCallerIdentity")
+        )
 
 
 def _summary(item: Mapping[str, Any], versions: Mapping[str, list[str]]) -> SecretSummary:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -34,6 +35,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"rotator: error: {message} (see rotator --help)\n")
 
 
+#: What IAM allows in a user name (``\w`` in ASCII only, as IAM means it).
+_IAM_USER_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
+
+
+def _iam_user_name(value: str) -> str:
+    """A ``USER`` argument: refused (exit 2) when IAM could not have such a user, before any AWS call."""
+    if _IAM_USER_NAME.fullmatch(value) is None:
+        shown = value if len(value) <= 70 else value[:67] + "..."
+        raise argparse.ArgumentTypeError(f"{shown!r} is not an IAM user name (1 to 64 of A-Z a-z 0-9 _+=,.@-)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="configuration file")
@@ -50,7 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     inventory = commands.add_parser("inventory", parents=[common], help="managed users, keys, ages, status, last use")
     inventory.add_argument("--json", action="store_true")
     rotate = commands.add_parser("rotate", parents=[common], help="forced rotation now, whatever the age")
-    rotate.add_argument("users", nargs="+", metavar="USER")
+    rotate.add_argument("users", nargs="+", metavar="USER", type=_iam_user_name)
+    rotate.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only in this account (repeatable); default: every account where the user is managed",
+    )
     rotate.add_argument(
         "--revoke", action="store_true", help="disable the previous key as soon as the new one is published"
     )
@@ -123,7 +143,7 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per
     if command == "sweep":
         return _sweep(app, dry_run=args.dry_run)
     if command == "rotate":
-        return _rotate(app, args.users, revoke=args.revoke)
+        return _rotate(app, args.users, revoke=args.revoke, account_ids=args.account)
     raise UsageError(f"unknown command {command!r}")
 
 
@@ -150,8 +170,23 @@ def print_table(rows: list[list[str]], header: list[str], out: TextIO | None = N
         print(line, file=out)
 
 
+def _report_ages(app: Any, views: list[Any]) -> None:
+    """On stderr: how old each account's credential report is (IAM serves one up to 4 h old)."""
+    now = app.clock()
+    for view in views:
+        generated = getattr(view, "report_generated", None)
+        if generated is not None:
+            age = format_age((now - generated).total_seconds())
+            print(
+                f"rotator: account {view.account}: credential report generated {_when(generated)} ({age} ago); "
+                "users changed since are read from IAM directly",
+                file=sys.stderr,
+            )
+
+
 def _plan(app: Any, *, as_json: bool) -> int:
     views = app.plan()
+    _report_ages(app, views)
     steps = [step for view in views for plan in view.plans for step in plan.steps]
     if as_json:
         print(json.dumps([step.to_json() for step in steps], indent=2))
@@ -174,6 +209,7 @@ def _account_errors(app: Any) -> int:
 
 def _inventory(app: Any, *, as_json: bool) -> int:
     views = app.plan()
+    _report_ages(app, views)
     now = app.clock()
     records: list[dict[str, Any]] = []
     for view in views:
@@ -209,6 +245,9 @@ def _inventory(app: Any, *, as_json: bool) -> int:
                         }
                         for key in state.keys
                     ],
+                    "credential_report_generated": (
+                        view.report_generated.isoformat() if view.report_generated else None
+                    ),
                     "next_action": (
                         {"action": upcoming[0].action.value, "due_at": upcoming[0].due_at.isoformat()}
                         if upcoming
@@ -291,7 +330,7 @@ def _sweep(app: Any, *, dry_run: bool) -> int:
     return EXIT_FAILED if report.failed else EXIT_OK
 
 
-def _rotate(app: Any, users: list[str], *, revoke: bool) -> int:
+def _rotate(app: Any, users: list[str], *, revoke: bool, account_ids: Sequence[str] = ()) -> int:
     if app.settings.safety.dry_run:
         print(
             "rotator: safety.dry_run is on: nothing rotated "
@@ -300,18 +339,37 @@ def _rotate(app: Any, users: list[str], *, revoke: bool) -> int:
         )
         return EXIT_FAILED
     status = EXIT_OK
-    for user, outcome, error in app.rotate(users, revoke=revoke):
-        rotated = outcome is not None and any(s.action is Action.ROTATE for s in outcome.done)
-        if error or not rotated:
-            reason = error or "; ".join(s.reason for s in (outcome.skipped if outcome else [])) or "not rotated"
-            print(f"rotator: {user}: not rotated: {redact_text(reason)}", file=sys.stderr)
-            status = EXIT_FAILED
+    results = app.rotate(users, revoke=revoke, account_ids=account_ids)
+    accounts = {r.account for r in results if r.account}
+    for result in results:
+        who = f"{result.user} (account {result.account})" if len(accounts) > 1 and result.account else result.user
+        line, ok = rotate_summary(result.outcome, result.error)
+        if ok:
+            print(f"{who}: {line}")
         else:
-            print(f"{user}: rotated" + (" (previous key disabled)" if revoke else ""))
+            print(f"rotator: {who}: {redact_text(line)}", file=sys.stderr)
+            status = EXIT_FAILED
     for error in getattr(app, "account_errors", []):  # a user there may be the one asked for
         print(f"rotator: AWS error: {_one_line(error)}", file=sys.stderr)
         status = EXIT_FAILED
     return status
+
+
+def rotate_summary(outcome: Any, error: str | None) -> tuple[str, bool]:
+    """One line for a forced rotation's outcome, and whether it fully succeeded."""
+    rotated = outcome is not None and any(s.action is Action.ROTATE for s in outcome.done)
+    disabled = [s.key_id for s in (outcome.done if outcome else []) if s.action is Action.DISABLE]
+    failed_disable = [s for s, _msg in (outcome.failed if outcome else []) if s and s.action is Action.DISABLE]
+    if not rotated:
+        reason = error or "; ".join(s.reason for s in (outcome.skipped if outcome else [])) or "no reason given"
+        return f"not rotated: {reason}", False
+    if failed_disable:
+        return f"rotated, but disabling previous key {failed_disable[0].key_id} failed: {error}", False
+    if error:
+        return f"rotated, with errors: {error}", False
+    if disabled:
+        return f"rotated; previous key {', '.join(k for k in disabled if k)} disabled", True
+    return "rotated", True
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,8 @@ separates levels (``ROTATOR_SELECTION__TAG__VALUE``), names are case-insensitive
 keys (so ``ROTATOR_SECRETS__TAGS__TEAM`` sets the secret tag ``team``), and values are read as YAML
 scalars or flow collections (``true``, ``5``, ``[a, b]``). Fields that hold text take the value verbatim
 (so a cron expression or an ``arn:...`` needs no quoting), and list-of-text fields also accept
-``a,b,c``. An override that names no known key is an error.
+``a,b,c``. An override (a name with ``__``, or a top-level key such as ``ROTATOR_ACCOUNTS``) that names no
+known key is an error; any other ``ROTATOR_*`` name (``ROTATOR_HOME``) is not ours and is ignored.
 
 Every problem becomes one :class:`~rotator.errors.ConfigError` whose single line names the key path first:
 ``policy.max_key_age: invalid duration 'abc' (use e.g. 45s, 15m, 12h, 90d, 2w)``.
@@ -17,6 +18,7 @@ Every problem becomes one :class:`~rotator.errors.ConfigError` whose single line
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import os
 import re
@@ -30,6 +32,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -96,6 +99,10 @@ _DURATION_UNITS: tuple[tuple[str, int], ...] = (
 _UNIT_SECONDS = dict(_DURATION_UNITS)
 _DURATION_RE = re.compile(r"([0-9]+)([smhdw])")
 _DURATION_HINT = "use e.g. 45s, 15m, 12h, 90d, 2w"
+#: The longest duration anywhere (configuration, tags): far beyond any sensible policy, and small enough that
+#: every due time built from a few of them stays a representable ``datetime``.
+MAX_DURATION = timedelta(days=36_500)
+_TOO_LARGE = "too large (at most 36500d, about 100 years)"
 
 
 def _shorten(text: str, limit: int = 60) -> str:
@@ -105,7 +112,8 @@ def _shorten(text: str, limit: int = 60) -> str:
 def parse_duration(text: str) -> timedelta:
     """``45s``, ``15m``, ``12h``, ``90d`` or ``2w`` as a :class:`~datetime.timedelta`.
 
-    The unit is required (a bare ``30`` in a tag would be ambiguous) and lower-case (``m`` is minutes).
+    The unit is required (a bare ``30`` in a tag would be ambiguous) and lower-case (``m`` is minutes); at
+    most :data:`MAX_DURATION` (100 years), so that adding it to a timestamp cannot overflow.
     Raises :class:`ValueError` with an operator-readable, single-line message.
     """
     match = _DURATION_RE.fullmatch(text.strip())
@@ -114,10 +122,9 @@ def parse_duration(text: str) -> timedelta:
     amount, unit = int(match.group(1)), match.group(2)
     if amount == 0:
         raise ValueError(f"invalid duration {_shorten(text)!r}: must be positive ({_DURATION_HINT})")
-    try:
-        return timedelta(seconds=amount * _UNIT_SECONDS[unit])
-    except OverflowError:
-        raise ValueError(f"invalid duration {_shorten(text)!r}: too large") from None
+    if amount * _UNIT_SECONDS[unit] > MAX_DURATION.total_seconds():
+        raise ValueError(f"invalid duration {_shorten(text)!r}: {_TOO_LARGE}")
+    return timedelta(seconds=amount * _UNIT_SECONDS[unit])
 
 
 def format_duration(duration: timedelta) -> str:
@@ -145,26 +152,40 @@ def _validate_duration(value: object) -> timedelta:
     if isinstance(value, timedelta):
         if value <= timedelta(0):
             raise ValueError(f"invalid duration {format_duration(value)!r}: must be positive")
+        if value > MAX_DURATION:
+            raise ValueError(f"invalid duration {format_duration(value)!r}: {_TOO_LARGE}")
         return value
     if isinstance(value, int):
         # A bare YAML integer counts seconds; tests use this.
         if value <= 0:
             raise ValueError(f"invalid duration {value!r}: must be positive ({_DURATION_HINT})")
-        try:
-            return timedelta(seconds=value)
-        except OverflowError:
-            raise ValueError(f"invalid duration {value!r}: too large") from None
+        if value > MAX_DURATION.total_seconds():
+            raise ValueError(f"invalid duration {value!r}: {_TOO_LARGE}")
+        return timedelta(seconds=value)
     if isinstance(value, str):
         return parse_duration(value)
     raise ValueError(f"must be a duration, got {_shorten(repr(value))} ({_DURATION_HINT})")
 
 
-#: A positive duration: ``45s``/``15m``/``12h``/``90d``/``2w`` or whole seconds; rendered back compactly.
+#: A positive duration up to :data:`MAX_DURATION`: ``45s``/``15m``/``12h``/``90d``/``2w`` or whole seconds;
+#: rendered back compactly.
 Duration = Annotated[
     timedelta,
     PlainValidator(_validate_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
+
+
+def _duration_between(low: timedelta, high: timedelta) -> AfterValidator:
+    """Bounds of a :data:`Duration` field, inclusive: ``Annotated[Duration, _duration_between(low, high)]``."""
+
+    def check(value: timedelta) -> timedelta:
+        if not low <= value <= high:
+            span = f"{format_duration(low)} and {format_duration(high)}"
+            raise ValueError(f"must be between {span}, got {format_duration(value)}")
+        return value
+
+    return AfterValidator(check)
 
 
 # --------------------------------------------------------------------------------------------- validators
@@ -198,8 +219,26 @@ _OU_ID_RE = re.compile(r"ou-[0-9a-z]{4,32}-[0-9a-z]{8,32}|r-[0-9a-z]{4,32}")
 _REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
 _DYNAMODB_TABLE_RE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 _SECRET_NAME_RE = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
+_HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _NAME_CHARS_HINT = "ASCII letters, digits and /_+=.@-"
 TEMPLATE_PLACEHOLDERS = ("user", "account", "path")
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_host_name(text: str) -> bool:
+    """RFC 1123 syntax (checked, not resolved: the name may resolve only where the daemon runs).
+
+    A last label of digits only is refused, so a mistyped address such as ``999.1.1.1`` is no host name.
+    """
+    labels = text.removesuffix(".").split(".")
+    return len(text) <= 253 and all(_HOST_LABEL_RE.fullmatch(label) for label in labels) and not labels[-1].isdigit()
 
 
 def _check_name_template(template: str) -> None:
@@ -221,6 +260,44 @@ def _check_name_template(template: str) -> None:
         placeholders.add(field_name)
     if "user" not in placeholders:
         raise ValueError("must contain {user} (one secret per user)")
+    _check_names_are_distinct(parts)
+
+
+def _check_names_are_distinct(parts: Sequence[tuple[str, str | None, str | None, str | None]]) -> None:
+    """Refuse a template under which two users of one account could share a secret name.
+
+    Why the rule suffices: user names never contain ``/`` and ``{account}`` is one fixed value per
+    account (each account holds its own users' secrets), so only ``{path}`` varies in the number of
+    ``/`` it adds. With ``{user}`` once, in a ``/``-separated segment of its own (literal text and
+    ``{account}`` may share it), and ``{path}`` on one side of it at most, the other side is fixed
+    text: counted from that end, the user's segment is always the same one, and its fixed
+    surroundings strip off to give the user name back. Collapsing ``//`` (``secret_name``) cannot
+    move it, as that segment is never empty. ``iam-keys/{path}-{user}`` breaks it: user ``c`` at
+    ``/a-b/`` and user ``b-c`` at ``/a/`` both get ``iam-keys/a-b-c``.
+    """
+    tokens: list[tuple[str, str]] = []  # ("text", literal) or ("field", placeholder name)
+    for literal, field_name, _, _ in parts:
+        if literal:
+            tokens.append(("text", literal))
+        if field_name is not None:
+            tokens.append(("field", field_name))
+    users = [index for index, token in enumerate(tokens) if token == ("field", "user")]
+    if len(users) > 1:
+        raise ValueError("must contain {user} only once")
+    [user] = users
+    for side in (reversed(tokens[:user]), tokens[user + 1 :]):
+        for kind, value in side:
+            if kind == "text" and "/" in value:
+                break  # the end of the user's segment
+            if value == "path":
+                raise ValueError(
+                    "{path} shares the /-separated segment of {user}, so two users could get the same "
+                    "secret name (put a / between them, e.g. iam-keys/{path}/{user})"
+                )
+    before = any(token == ("field", "path") for token in tokens[:user])
+    after = any(token == ("field", "path") for token in tokens[user + 1 :])
+    if before and after:
+        raise ValueError("{path} on both sides of {user}: use it on one side only, so each name tells its user")
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -356,7 +433,12 @@ class SecretsSettings(_Section):
 
     name_template: str = Field(
         default="iam-keys/{user}",
-        description="Secret name for a user; placeholders {user} (required), {account} and {path}.",
+        description=(
+            "Secret name for a user; placeholders {user} (required, once), {account} and {path}. So that two "
+            "users never share a secret, {path} (which may hold /) must not be in the /-separated segment of "
+            "{user} and may stand on one side of it only: iam-keys/{path}/{user} is fine, iam-keys/{path}-{user} "
+            "is refused."
+        ),
     )
     kms_key_id: str | None = Field(
         default=None,
@@ -407,9 +489,19 @@ class MetricsSettings(_Section):
     address: str = Field(
         default="127.0.0.1",
         min_length=1,
-        description="Address the HTTP server listens on (0.0.0.0 or :: for every interface).",
+        description=(
+            "Address the HTTP server listens on: an IPv4 or IPv6 address (0.0.0.0 or :: for every interface) "
+            "or a host name such as localhost."
+        ),
     )
     port: int = Field(default=9464, description="TCP port of the HTTP server.")
+
+    @field_validator("address")
+    @classmethod
+    def _valid_address(cls, value: str) -> str:
+        if not _is_ip_address(value) and not _is_host_name(value):
+            raise ValueError(f"{_shorten(value)!r} is not an IP address or a host name (e.g. 127.0.0.1, ::, localhost)")
+        return value
 
     @field_validator("port", mode="before")
     @classmethod
@@ -453,6 +545,15 @@ class SafetySettings(_Section):
         ge=0,
         description="Most mutating actions (rotate, disable, delete, cleanup) in one sweep; 0 allows none.",
     )
+    cloudtrail_lookup: bool = Field(
+        default=True,
+        strict=True,
+        description=(
+            "Ask CloudTrail's event history (cloudtrail:LookupEvents) who created a key that an interrupted "
+            "rotation may have left unrecorded; only the rotator's own are then deleted. Off: such keys are "
+            "left alone and reported until deleted by hand."
+        ),
+    )
 
 
 class AwsSettings(_Section):
@@ -471,9 +572,22 @@ class AwsSettings(_Section):
         allow_inf_nan=False,
         description="Client-side rate limit on AWS API calls, to stay clear of IAM's throttling.",
     )
-    validation_timeout: Duration = Field(
+    # A new key authenticates within seconds to a few minutes: an hour is generous, and twice this is how long
+    # other runs leave a new key alone as "in flight".
+    validation_timeout: Annotated[Duration, _duration_between(timedelta(seconds=1), timedelta(hours=1))] = Field(
         default=timedelta(seconds=120),
-        description="How long a new key may take to authenticate before its rotation is abandoned.",
+        description="How long a new key may take to authenticate before its rotation is abandoned (1s to 1h).",
+    )
+    connect_timeout: Annotated[Duration, _duration_between(timedelta(seconds=1), timedelta(minutes=1))] = Field(
+        default=timedelta(seconds=5),
+        description="How long one attempt of an AWS call may wait to connect to the endpoint (1s to 1m).",
+    )
+    read_timeout: Annotated[Duration, _duration_between(timedelta(seconds=1), timedelta(minutes=2))] = Field(
+        default=timedelta(seconds=15),
+        description=(
+            "How long one attempt of an AWS call may wait for the answer (1s to 2m). A call that gets no answer "
+            "is tried twice at most, whatever max_attempts, so it fails within about twice this."
+        ),
     )
 
 
@@ -784,6 +898,10 @@ def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[t
         if not variable.upper().startswith(ENV_PREFIX) or variable.upper() in NON_OVERRIDE_ENV:
             continue
         parts = variable[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) == 1 and parts[0] not in Settings.model_fields:
+            # Not ROTATOR_<SECTION>__<KEY> nor a top-level key (ROTATOR_ACCOUNTS): some wrapper's own
+            # variable (ROTATOR_HOME, ROTATOR_VERSION), which must not make every command fail.
+            continue
         if any(not part for part in parts):
             raise ConfigError(f"{variable}: malformed override name (use ROTATOR_<SECTION>__<KEY>)")
         path = tuple(parts)
@@ -917,9 +1035,14 @@ def _tag_lookup(tags: Mapping[str, str]) -> dict[str, str]:
 def policy_for_user(settings: Settings, user_tags: Mapping[str, str], user: str) -> EffectivePolicy:
     """The policy for ``user`` after its ``rotator:max-key-age``/``grace-period``/``retention`` tags.
 
-    A malformed tag value raises :class:`~rotator.errors.UserError`, which stops that user only.
+    A malformed tag value raises :class:`~rotator.errors.UserError`, which stops that user only. That
+    includes a ``rotator:exclude`` that is neither true nor false: such a user stays managed (so it is
+    seen and reported) but is not touched.
     """
     tags = _tag_lookup(user_tags)
+    exclude = tags.get(USER_TAG_EXCLUDE)
+    if exclude is not None and _exclude_value(exclude) is None:
+        raise UserError(user, f"tag {USER_TAG_EXCLUDE}={_shorten(exclude)!r}: must be true or false")
     policy = settings.policy
     durations = {
         "max_key_age": policy.max_key_age,
@@ -949,9 +1072,18 @@ def policy_for_user(settings: Settings, user_tags: Mapping[str, str], user: str)
     )
 
 
+def _exclude_value(raw: str) -> bool | None:
+    """``rotator:exclude`` as a boolean: ``true``/``false`` in any case; None for any other value."""
+    return {"true": True, "false": False}.get(raw.strip().lower())
+
+
 def is_excluded_by_tag(tags: Mapping[str, str]) -> bool:
-    """``rotator:exclude=true`` (any case) opts a user out of management."""
-    return _tag_lookup(tags).get(USER_TAG_EXCLUDE, "").strip().lower() == "true"
+    """``rotator:exclude=true`` (any case) opts a user out of management.
+
+    Any value but true or false keeps the user managed: :func:`policy_for_user` then reports it as that
+    user's problem, so a typo such as ``yes`` neither rotates the user nor hides it.
+    """
+    return _exclude_value(_tag_lookup(tags).get(USER_TAG_EXCLUDE, "")) is True
 
 
 # --------------------------------------------------------------------------------------------- reference

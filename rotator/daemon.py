@@ -70,8 +70,10 @@ class DaemonTiming:
     stale_after_beats: float = 3.0
     retry_initial: timedelta = timedelta(seconds=30)
     retry_max: timedelta = timedelta(minutes=15)
-    #: How long SIGTERM waits for the step in flight (systemd's TimeoutStopSec is 90 s).
-    stop_timeout: timedelta = timedelta(seconds=60)
+    #: How long SIGTERM waits for the step in flight before the process exits anyway (code 1). Well inside
+    #: systemd's TimeoutStopSec (90 s) and shorter than a call that gets no answer (2 x aws.read_timeout):
+    #: a hung AWS call never holds up a stop (every step is crash-safe; the next start completes it).
+    stop_timeout: timedelta = timedelta(seconds=25)
     #: A sweep that emits no event (not even an AWS call) for this long is hung: heartbeat stops.
     stall_timeout: timedelta = timedelta(minutes=10)
 
@@ -167,7 +169,8 @@ class Daemon:
         self._progress_at = monotonic()
         self._sweeping_since: float | None = None
         self._stall_reported = False
-        self._aws_contact_at: datetime | None = None
+        self._aws_contact_at: datetime | None = None  # the last call AWS answered with success
+        self._aws_unreachable_since: datetime | None = None  # a call AWS did not answer, since then
         self._last_sweep: SweepSummary | None = None
         self._failures = 0
         self._pending: Settings | None = None
@@ -196,14 +199,30 @@ class Daemon:
             isinstance(event, AwsCall) and event.service == "dynamodb"
         ):
             self._progress_at = self._monotonic()
-        if isinstance(event, AwsCall) and event.outcome == "ok" and self._aws_contact_at is None:
-            with self._state_lock:
-                self._aws_contact_at = self.app.clock()
+        if isinstance(event, AwsCall):
+            self._observe_aws(event)
         elif isinstance(event, SweepFinished):
             summary = SweepSummary(event, self.app.clock())
             with self._state_lock:
                 self._last_sweep = summary
             self.notifier.status(summary.status_line())
+
+    def _observe_aws(self, event: AwsCall) -> None:
+        """Readiness: AWS answers until a call gets no answer (or a 5xx); then not, until a call succeeds.
+
+        An error answer (AccessDenied on one key, NoSuchEntity, throttling) changes nothing: AWS answered.
+        A failed sweep needs no rule of its own: whatever AWS call failed it emitted its event here.
+        """
+        if event.outcome == "ok":
+            now = self.app.clock()
+            with self._state_lock:
+                self._aws_contact_at = now
+                self._aws_unreachable_since = None
+        elif not event.reachable:
+            now = self.app.clock()
+            with self._state_lock:
+                if self._aws_unreachable_since is None:
+                    self._aws_unreachable_since = now
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -412,17 +431,20 @@ class Daemon:
 
     def readiness(self) -> tuple[int, dict[str, object]]:
         with self._state_lock:
-            contact, last = self._aws_contact_at, self._last_sweep
+            contact, down_since, last = self._aws_contact_at, self._aws_unreachable_since, self._last_sweep
+        ready = contact is not None and down_since is None
         job = self.scheduler.get_job(SWEEP_JOB) if self.scheduler.running else None
+        status = "ready" if ready else "AWS unreachable" if down_since is not None else "waiting for AWS"
         body: dict[str, object] = {
-            "status": "ready" if contact is not None else "waiting for AWS",
+            "status": status,
             "aws_contact_at": _iso(contact),
+            "aws_unreachable_since": _iso(down_since),
             "dry_run": self.app.settings.safety.dry_run,
             "leader": self.leadership.held,
             "last_sweep": last.to_json() if last is not None else None,
             "next_sweep_at": _iso(job.next_run_time) if job is not None else None,
         }
-        return (200 if contact is not None else 503), body
+        return (200 if ready else 503), body
 
     # -- HTTP ------------------------------------------------------------------------------------
 

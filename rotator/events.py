@@ -171,6 +171,9 @@ class AwsCall(Event):
     operation: str = ""
     outcome: str = "ok"  # ok | error | throttled
     account: str | None = None
+    #: AWS answered (any answer below 5xx: an AccessDenied or NotFound shows AWS is up). False: no
+    #: connection, no answer in time, a dropped connection, no credentials, or a 5xx. /readyz follows it.
+    reachable: bool = True
 
 
 @dataclass(frozen=True)

@@ -89,9 +89,7 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     if fmt == "console":
         # plain_traceback: with rich or better-exceptions installed, the default formatter would print
         # every frame's local variables, and a local can hold a secret access key (I7).
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=stream.isatty(), exception_formatter=_redacted_traceback
-        )
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=_redacted_traceback)
         exc_processors: list[Any] = []
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)

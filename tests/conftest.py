@@ -373,3 +373,25 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             + " ".join(sorted(undocumented)),
             red=True,
         )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A fault-injecting HTTP proxy in front of the moto server (tests/faultproxy.py).
+
+from faultproxy import FaultProxy  # noqa: E402 - appended section; tests import it from here or from faultproxy
+
+
+@pytest.fixture
+def fault_proxy(aws: AwsEnv) -> Iterator[FaultProxy]:
+    """A :class:`faultproxy.FaultProxy` in front of the test's moto server; the test fails if the proxy erred."""
+    proxy = FaultProxy(aws.url).start()
+    yield proxy
+    proxy.stop()
+    if proxy.errors:
+        pytest.fail(f"the fault proxy had errors: {proxy.errors!r}")
+
+
+@pytest.fixture
+def proxied_aws(fault_proxy: FaultProxy) -> AwsEnv:
+    """An ``AwsEnv`` whose clients and environment (``AWS_ENDPOINT_URL``) go through ``fault_proxy``."""
+    return AwsEnv(fault_proxy.url)

@@ -33,6 +33,8 @@ ROTATOR_OPERATIONS: frozenset[str] = frozenset(
         # STS
         "sts:GetCallerIdentity",
         "sts:AssumeRole",  # multi-account only
+        # CloudTrail: who created a key an interrupted rotation left unrecorded
+        "cloudtrail:LookupEvents",
     }
 )
 
@@ -45,6 +47,7 @@ ACCOUNT_LEVEL_OPERATIONS: frozenset[str] = frozenset(
         "iam:GetCredentialReport",
         "secretsmanager:ListSecrets",
         "sts:GetCallerIdentity",
+        "cloudtrail:LookupEvents",  # no resource-level permissions
     }
 )
 

@@ -6,13 +6,14 @@ validating its configuration would fail differently (exit 1, or a long retry).
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import AwsEnv, free_port, run_cli, write_config
+from conftest import FAST_CONFIG, AwsEnv, free_port, run_cli, write_config
 
 from rotator import __version__
 
@@ -66,6 +67,18 @@ BAD_FILES: list[tuple[str, str, dict[str, str], tuple[str, ...]]] = [
     ("bad-env-section", "", {"ROTATOR_NOSUCH__KEY": "1"}, ("ROTATOR_NOSUCH__KEY", "unknown key")),
     ("bad-env-type", "", {"ROTATOR_METRICS__PORT": "http"}, ("metrics.port", "ROTATOR_METRICS__PORT")),
     ("bad-env-name", "", {"ROTATOR_POLICY___MAX_KEY_AGE": "1d"}, ("ROTATOR_POLICY___MAX_KEY_AGE",)),
+    (
+        "ambiguous-name-template",
+        "secrets:\n  name_template: 'iam-keys/{path}-{user}'\n",
+        {},
+        ("secrets.name_template", "{path} shares the /-separated segment of {user}"),
+    ),
+    ("huge-validation-timeout", "aws:\n  validation_timeout: 9999999d\n", {}, ("aws.validation_timeout",)),
+    ("long-validation-timeout", "aws:\n  validation_timeout: 2h\n", {}, ("aws.validation_timeout", "1h")),
+    ("huge-interval", "schedule:\n  interval: 99999999d\n", {}, ("schedule.interval", "too large")),
+    ("huge-max-hold", "policy:\n  max_hold: 1000000w\n", {}, ("policy.max_hold", "too large")),
+    ("garbage-address", "metrics:\n  address: not an address!\n", {}, ("metrics.address",)),
+    ("bad-ipv4-address", "metrics:\n  address: 999.1.1.1\n", {}, ("metrics.address", "999.1.1.1")),
 ]
 
 
@@ -164,6 +177,25 @@ def test_check_config_prints_the_effective_configuration(tmp_path: Path, nowhere
     assert yaml.safe_load(second.stdout) == effective
 
 
+def test_rotator_variables_that_are_not_overrides_are_ignored(tmp_path: Path, nowhere: AwsEnv) -> None:
+    config = write_config(tmp_path, "")
+    env = {"ROTATOR_FOO": "1", "ROTATOR_HOME": "/opt/rotator", "ROTATOR_SAFETY__DRY_RUN": "true"}
+    result = run_cli(["check-config"], nowhere, config, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["safety"]["dry_run"] is True  # ROTATOR_<SECTION>__<KEY> still applies
+
+
+@pytest.mark.parametrize(
+    "user",
+    ["", "has space", "a/b", "tab\there", "caf\u00e9", "x" * 65, "semi;colon"],
+    ids=["empty", "space", "slash", "tab", "non-ascii", "too-long", "semicolon"],
+)
+def test_rotate_refuses_a_user_name_iam_cannot_have_before_any_aws_call(nowhere: AwsEnv, user: str) -> None:
+    # The endpoint is closed: an AWS call would fail with exit 1, not a usage error.
+    result = run_cli(["rotate", "ok-user", user], nowhere, timeout=30)
+    assert_one_line_error(result, "USER", "not an IAM user name")
+
+
 def test_version_and_usage_errors(nowhere: AwsEnv, tmp_path: Path) -> None:
     broken = write_config(tmp_path, "policy: [unclosed\n")
     cases: list[tuple[list[str], dict[str, str]]] = [
@@ -186,3 +218,23 @@ def test_version_and_usage_errors(nowhere: AwsEnv, tmp_path: Path) -> None:
     assert_one_line_error(results[4], "--log-level", "loud")
     assert_one_line_error(results[5], "--log-format", "xml")
     assert_one_line_error(results[6], "USER")
+
+
+def test_an_invalid_exclude_tag_is_that_users_problem(aws: AwsEnv, tmp_path: Path) -> None:
+    """``rotator:exclude=yes`` neither excludes nor rotates: the user is reported and left alone."""
+    config = write_config(tmp_path, FAST_CONFIG)
+    [typo_key] = aws.user("typo", keys=1, tags={"rotator:exclude": "yes"})
+    aws.user("opted-out", keys=1, tags={"rotator:exclude": " True "})
+    aws.user("opted-in", keys=1, tags={"rotator:exclude": "FALSE"})
+
+    plan = run_cli(["plan", "--json"], aws, config)
+    assert plan.returncode == 0, plan.stderr
+    steps = {(s["user"], s["action"]): s for s in json.loads(plan.stdout)}
+    assert set(steps) == {("typo", "skip"), ("opted-in", "rotate")}
+    assert steps["typo", "skip"]["reason"] == "tag rotator:exclude='yes': must be true or false"
+
+    sweep = run_cli(["sweep"], aws, config)
+    assert sweep.returncode == 1, (sweep.stdout, sweep.stderr)
+    assert "typo" in sweep.stderr and "rotator:exclude" in sweep.stderr
+    assert aws.keys("typo") == {typo_key: "Active"}  # untouched
+    assert aws.stages("opted-in")  # the other users proceed

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 from conftest import AwsEnv, Proc, assert_no_secrets, crashing, policy_config
-from helpers import MUTATING
+from faultproxy import FaultProxy
+from helpers import MUTATING, MotoServer
 
 from rotator.app import App
 from rotator.aws import Boundary
@@ -37,15 +38,16 @@ SETUP_TIMEOUT = 30
 DOCUMENT_FIELDS = {"Version", "AccessKeyId", "SecretAccessKey", "UserName", "CreateDate"}
 
 ROTATION = (
-    "TagUser",  # rotation-started mark
+    "TagUser",  # intent mark (rotation-started, rotation-keys)
     "CreateAccessKey",
+    "TagUser",  # ownership record rotator:own:<new key>
     "PutSecretValue",  # AWSPENDING
     "UpdateSecretVersionStage",  # AWSCURRENT onto the new version
     "UpdateSecretVersionStage",  # AWSPENDING removed
     "TagResource",  # current/previous ids, published-at
-    "UntagUser",  # mark removed
+    "UntagUser",  # record and mark removed
 )
-BOOTSTRAP = ("TagUser", "CreateAccessKey", "CreateSecret", "TagResource", "UntagUser")
+BOOTSTRAP = ("TagUser", "CreateAccessKey", "TagUser", "CreateSecret", "TagResource", "UntagUser")
 DISABLE = ("UpdateAccessKey", "TagResource")
 DELETE = ("DeleteAccessKey", "TagResource")  # the deletion record keeps a stale report honest
 OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -57,6 +59,20 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
 
 
 # -- running the rotator -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def aws(moto_server: MotoServer) -> Iterator[AwsEnv]:
+    """Every process of these tests talks to moto through the fault proxy, here for its CloudTrail stand-in.
+
+    A crash right after CreateAccessKey leaves a key without its ownership record: only CloudTrail's
+    ``CreateAccessKey`` event (which moto lacks; the proxy serves it) can prove it the rotator's own.
+    """
+    moto_server.reset()
+    proxy = FaultProxy(moto_server.url).start()
+    yield AwsEnv(proxy.url)
+    proxy.stop()
+    assert not proxy.errors, proxy.errors
 
 
 def sweep(aws: AwsEnv, config: Path, outputs: list[str]) -> Proc:

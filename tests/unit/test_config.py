@@ -25,12 +25,14 @@ from rotator.config import (
     resolve_config_path,
 )
 from rotator.errors import ConfigError, UserError
+from rotator.inventory import secret_name
 from rotator.model import EffectivePolicy, GuardMode
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "rotator.yaml"
 DURATION_HINT = "(use e.g. 45s, 15m, 12h, 90d, 2w)"
 ROLE_A = "arn:aws:iam::123456789012:role/rotator"
 ROLE_B = "arn:aws-us-gov:iam::210987654321:role/ops/rotator"
+ACCOUNT = "123456789012"
 
 
 @pytest.fixture
@@ -85,6 +87,7 @@ def leaf_paths(data: Any, prefix: str = "") -> set[str]:
         (lambda s: (s.safety.dry_run, s.safety.max_actions_per_sweep), (False, 100)),
         (lambda s: (s.aws.max_attempts, s.aws.max_calls_per_second), (8, 10)),
         (lambda s: s.aws.validation_timeout, timedelta(seconds=120)),
+        (lambda s: (s.aws.connect_timeout, s.aws.read_timeout), (timedelta(seconds=5), timedelta(seconds=15))),
         (lambda s: s.coordination.lease_table, None),
         (lambda s: s.accounts, ()),
         (lambda s: s.organization, None),
@@ -185,7 +188,7 @@ def test_format_duration_is_compact_and_exact(duration: timedelta, text: str) ->
     assert format_duration(duration) == text
 
 
-@given(st.integers(min_value=1, max_value=10**10))
+@given(st.integers(min_value=1, max_value=36_500 * 86_400))  # up to the 100-year maximum
 def test_format_then_parse_round_trips(seconds: int) -> None:
     duration = timedelta(seconds=seconds)
     assert parse_duration(format_duration(duration)) == duration
@@ -225,6 +228,110 @@ def test_bad_durations_name_the_key(load: Callable[..., Settings], key: str, val
     section, name = key.split(".")
     text = yaml.safe_dump({section: {name: value}})
     assert config_error(load, text).startswith(f"{key}: {message}")
+
+
+DURATION_KEYS = [
+    "policy.max_key_age",
+    "policy.grace_period",
+    "policy.retention",
+    "policy.quiet_period",
+    "policy.max_hold",
+    "schedule.interval",
+]
+
+
+@pytest.mark.parametrize("key", DURATION_KEYS)
+@pytest.mark.parametrize("value", ["36501d", "5215w", "9999999d", "999999999d", 36_501 * 86_400, 10**15])
+def test_durations_are_at_most_100_years(load: Callable[..., Settings], key: str, value: object) -> None:
+    # Anything longer is surely a typo, and far longer ones no longer fit a datetime once added to now.
+    section, name = key.split(".")
+    error = config_error(load, yaml.safe_dump({section: {name: value}}))
+    assert error.startswith(f"{key}: invalid duration {value!r}: too large (at most 36500d, about 100 years)")
+
+
+@pytest.mark.parametrize("key", DURATION_KEYS)
+def test_a_100_year_duration_is_accepted(load: Callable[..., Settings], key: str) -> None:
+    section, name = key.split(".")
+    settings = load(yaml.safe_dump({section: {name: "36500d"}}))
+    assert getattr(getattr(settings, section), name) == timedelta(days=36_500)
+
+
+@pytest.mark.parametrize("text", ["36501d", "9999999d", "10000000000000d", "99999999999999999w"])
+def test_parse_duration_caps_at_100_years(text: str) -> None:
+    with pytest.raises(ValueError, match=r": too large \(at most 36500d, about 100 years\)$"):
+        parse_duration(text)
+
+
+def test_a_huge_user_tag_is_that_users_problem() -> None:
+    with pytest.raises(UserError, match=r"^alice: tag rotator:max-key-age='9999999d': invalid duration .*too large"):
+        policy_for_user(Settings(), {"rotator:max-key-age": "9999999d"}, "alice")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1s", timedelta(seconds=1)),
+        (1, timedelta(seconds=1)),
+        ("1h", timedelta(hours=1)),
+        ("60m", timedelta(hours=1)),
+        (3600, timedelta(hours=1)),
+    ],
+)
+def test_validation_timeout_bounds_are_inclusive(
+    load: Callable[..., Settings], value: object, expected: timedelta
+) -> None:
+    assert load(yaml.safe_dump({"aws": {"validation_timeout": value}})).aws.validation_timeout == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [("9999999d", None), ("3601s", "3601s"), ("61m", "61m"), ("2h", "2h"), ("1d", "1d"), (3601, "3601s")],
+)
+def test_validation_timeout_is_at_most_one_hour(load: Callable[..., Settings], value: object, got: str | None) -> None:
+    error = config_error(load, yaml.safe_dump({"aws": {"validation_timeout": value}}))
+    assert error.startswith("aws.validation_timeout: ")
+    if got is not None:
+        assert error == f"aws.validation_timeout: must be between 1s and 1h, got {got}"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("connect_timeout", "1s", timedelta(seconds=1)),
+        ("connect_timeout", "1m", timedelta(minutes=1)),
+        ("connect_timeout", 10, timedelta(seconds=10)),
+        ("read_timeout", "1s", timedelta(seconds=1)),
+        ("read_timeout", "2m", timedelta(minutes=2)),
+        ("read_timeout", "45s", timedelta(seconds=45)),
+    ],
+)
+def test_aws_timeouts_bounds_are_inclusive(
+    load: Callable[..., Settings], key: str, value: object, expected: timedelta
+) -> None:
+    assert getattr(load(yaml.safe_dump({"aws": {key: value}})).aws, key) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("connect_timeout", "61s", "must be between 1s and 1m, got 61s"),
+        ("connect_timeout", "1h", "must be between 1s and 1m, got 1h"),
+        ("connect_timeout", "0s", "invalid duration '0s': must be positive"),
+        ("read_timeout", "121s", "must be between 1s and 2m, got 121s"),
+        ("read_timeout", "1d", "must be between 1s and 2m, got 1d"),
+        ("read_timeout", "soon", "invalid duration 'soon'"),
+        ("read_timeout", True, "must be a duration, got True"),
+    ],
+)
+def test_aws_timeouts_out_of_bounds_name_the_key(
+    load: Callable[..., Settings], key: str, value: object, message: str
+) -> None:
+    assert config_error(load, yaml.safe_dump({"aws": {key: value}})).startswith(f"aws.{key}: {message}")
+
+
+def test_aws_timeouts_from_the_environment(load: Callable[..., Settings]) -> None:
+    settings = load("", {"ROTATOR_AWS__CONNECT_TIMEOUT": "2s", "ROTATOR_AWS__READ_TIMEOUT": "30s"})
+    assert (settings.aws.connect_timeout, settings.aws.read_timeout) == (timedelta(seconds=2), timedelta(seconds=30))
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -305,6 +412,54 @@ def test_invalid_values_are_one_line_errors_naming_the_key(
 
 
 @pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "0.0.0.0",  # noqa: S104 - a value the validator must accept, not a socket being bound
+        "10.1.2.3",
+        "::",
+        "::1",
+        "fe80::1",
+        "2001:db8::7",
+        "localhost",
+        "metrics.internal",
+        "rotator-1.example.com",
+        "host1",
+        "xn--bcher-kva.example",
+    ],
+)
+def test_metrics_address_is_an_ip_literal_or_a_host_name(load: Callable[..., Settings], address: str) -> None:
+    assert load(yaml.safe_dump({"metrics": {"address": address}})).metrics.address == address
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "not an address!",
+        "999.1.1.1",
+        "1.2.3",
+        "256.0.0.1",
+        "1.2.3.4.5",
+        "[::1]",
+        "127.0.0.1:9464",
+        "::1::2",
+        "-host",
+        "host-",
+        "a..b",
+        ".",
+        "host_name",
+        "http://localhost",
+        "a" * 64,
+        ".".join(["a" * 60] * 5),
+    ],
+)
+def test_metrics_address_rejects_garbage(load: Callable[..., Settings], address: str) -> None:
+    error = config_error(load, yaml.safe_dump({"metrics": {"address": address}}))
+    assert error.startswith("metrics.address: "), error
+    assert "is not an IP address or a host name" in error
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("logging: {level: DEBUG, format: Console}", ("debug", "console")),
@@ -327,7 +482,7 @@ schedule: {{cron: "0 3 * * 1-5"}}
 policy: {{max_key_age: 30d, grace_period: 1d, retention: 2d, disable_guard: ignore, quiet_period: 5s,
           max_hold: 1h}}
 selection: {{path_prefix: /apps/, tag: null, exclude: [break-glass-*, legacy]}}
-secrets: {{name_template: "keys/{{account}}{{path}}{{user}}", kms_key_id: alias/keys, tags: {{team: sec}},
+secrets: {{name_template: "keys/{{account}}{{path}}/{{user}}", kms_key_id: alias/keys, tags: {{team: sec}},
           replica_regions: [eu-west-1, us-gov-west-1]}}
 metrics: {{address: "::", port: 8080}}
 logging: {{format: console, level: debug}}
@@ -390,12 +545,51 @@ def test_schedule_errors(load: Callable[..., Settings], text: str, message: str)
 # ------------------------------------------------------------------------------------------- secret names
 
 
-@pytest.mark.parametrize(
-    "template",
-    ["iam-keys/{user}", "{user}", "keys/{account}/{user}", "keys{path}{user}", "a_b+c=d.e@f-{user}"],
-)
+#: Templates in which a secret name always tells its user apart: {user} once, in a /-separated segment
+#: without {path}, and {path} (the only value that can hold a "/") on one side of it at most.
+INJECTIVE_TEMPLATES = [
+    "iam-keys/{user}",
+    "{user}",
+    "keys/{account}/{user}",
+    "a_b+c=d.e@f-{user}",
+    "{account}/{path}/{user}",
+    "iam-keys/{path}/{user}",
+    "keys/{user}/{path}",
+    "keys/{path}/{account}/{user}",
+    "keys/{account}-{user}",
+    "{path}/x-{user}-{account}",
+    "{user}-keys",
+    "keys{path}/{user}",
+]
+
+#: Templates that could map two distinct users of one account to one secret name: the reason given, and two
+#: (user, path) members that do share a name (None where the template is refused without a collision).
+AMBIGUOUS_TEMPLATES: list[tuple[str, str, tuple[tuple[str, str], tuple[str, str]] | None]] = [
+    # The reviewer's example: user c at /a-b/ and user b-c at /a/ both get iam-keys/a-b-c.
+    ("iam-keys/{path}-{user}", "{path} shares the /-separated segment of {user}", (("c", "/a-b/"), ("b-c", "/a/"))),
+    ("keys{path}{user}", "{path} shares the /-separated segment of {user}", (("ab", "/"), ("b", "/a/"))),
+    ("keys/{account}{path}{user}", "{path} shares the /-separated segment of {user}", (("ab", "/"), ("b", "/a/"))),
+    ("{path}{user}", "{path} shares the /-separated segment of {user}", (("ab", "/"), ("b", "/a/"))),
+    ("keys/{user}{path}", "{path} shares the /-separated segment of {user}", (("a", "/b/"), ("ab", "/"))),
+    ("keys/{user}-{path}/x", "{path} shares the /-separated segment of {user}", (("a", "/b-c/"), ("a-b", "/c/"))),
+    # Not ambiguous in fact ({path} has one value on both sides), but not distinct by the simple rule: refused.
+    ("{path}/{user}/{path}", "{path} on both sides of {user}", None),
+    ("{user}/{user}", "must contain {user} only once", None),
+]
+
+
+@pytest.mark.parametrize("template", INJECTIVE_TEMPLATES)
 def test_valid_name_templates(load: Callable[..., Settings], template: str) -> None:
     assert load(yaml.safe_dump({"secrets": {"name_template": template}})).secrets.name_template == template
+
+
+@pytest.mark.parametrize(("template", "message"), [(t, m) for t, m, _ in AMBIGUOUS_TEMPLATES])
+def test_name_templates_that_could_give_two_users_one_secret_are_rejected(
+    load: Callable[..., Settings], template: str, message: str
+) -> None:
+    error = config_error(load, yaml.safe_dump({"secrets": {"name_template": template}}))
+    assert error.startswith("secrets.name_template: ")
+    assert message in error
 
 
 @pytest.mark.parametrize(
@@ -418,6 +612,38 @@ def test_invalid_name_templates(load: Callable[..., Settings], template: str, me
     error = config_error(load, yaml.safe_dump({"secrets": {"name_template": template}}))
     assert error.startswith("secrets.name_template: ")
     assert message in error
+
+
+def _name(template: str, member: tuple[str, str]) -> str:
+    user, path = member
+    return secret_name(template, user, ACCOUNT, path)[0]
+
+
+@pytest.mark.parametrize(("template", "witness"), [(t, w) for t, _, w in AMBIGUOUS_TEMPLATES if w is not None])
+def test_rejected_templates_do_give_two_users_one_secret(
+    template: str, witness: tuple[tuple[str, str], tuple[str, str]]
+) -> None:
+    first, second = witness
+    assert first[0].lower() != second[0].lower()
+    assert _name(template, first) == _name(template, second)
+
+
+# A tiny alphabet makes equal names likely: a template that could collide would be caught.
+_NAME_PARTS = st.text("aA-", min_size=1, max_size=3)
+_MEMBERS = st.tuples(
+    _NAME_PARTS,  # user names cannot contain "/"
+    st.lists(_NAME_PARTS, max_size=3).map(lambda segments: "/" + "".join(f"{s}/" for s in segments)),
+)
+
+
+@pytest.mark.parametrize("template", INJECTIVE_TEMPLATES)
+@given(first=_MEMBERS, second=_MEMBERS)
+def test_accepted_templates_never_give_two_users_one_secret(
+    template: str, first: tuple[str, str], second: tuple[str, str]
+) -> None:
+    # IAM user names are unique per account case-insensitively; each account holds its own users' secrets.
+    if first[0].lower() != second[0].lower():
+        assert _name(template, first) != _name(template, second)
 
 
 # ------------------------------------------------------------------------------------------------ environment
@@ -471,6 +697,22 @@ def test_environment_overrides(
     assert value == expected
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ROTATOR_FOO": "1"},
+        {"ROTATOR_VERSION": "1.2.3"},
+        {"ROTATOR_HOME": "/opt/rotator", "rotator_pid": "42"},
+        {"ROTATOR_POLICY_MAX_KEY_AGE": "abc"},  # a single underscore: not ours either
+        {"ROTATOR_": "x"},
+    ],
+)
+def test_other_rotator_variables_are_ignored(load: Callable[..., Settings], env: dict[str, str]) -> None:
+    # SPEC: only ROTATOR_CONFIG and ROTATOR_<SECTION>__<KEY> are read; a wrapper's ROTATOR_FOO must not
+    # make every command fail. A name without "__" that is a top-level key (ROTATOR_ACCOUNTS) still is one.
+    assert load("", env) == Settings()
+
+
 def test_environment_overrides_win_over_the_file(load: Callable[..., Settings]) -> None:
     settings = load(
         "policy: {max_key_age: 30d, grace_period: 2d}\nsecrets: {tags: {a: b}}",
@@ -498,7 +740,6 @@ def test_cron_override_replaces_the_default_interval(load: Callable[..., Setting
             {"ROTATOR_POLCY__MAX_KEY_AGE": "30d"},
             "ROTATOR_POLCY__MAX_KEY_AGE: unknown key polcy.max_key_age",
         ),
-        ("", {"ROTATOR_FOO": "1"}, "ROTATOR_FOO: unknown key foo"),
         (
             "",
             {"ROTATOR_SELECTION__TAG__COLOUR": "x"},
@@ -729,7 +970,10 @@ def test_malformed_user_tag_message_matches_the_contract() -> None:
         ({"rotator:exclude": "true"}, True),
         ({"rotator:exclude": "TRUE"}, True),
         ({"Rotator:Exclude": "True"}, True),
+        ({"rotator:exclude": " true "}, True),
         ({"rotator:exclude": "false"}, False),
+        ({"rotator:exclude": "FALSE"}, False),
+        # Invalid values keep the user managed (so it is visible): policy_for_user reports it, below.
         ({"rotator:exclude": "yes"}, False),
         ({"rotator:exclude": ""}, False),
         ({"exclude": "true"}, False),
@@ -737,3 +981,21 @@ def test_malformed_user_tag_message_matches_the_contract() -> None:
 )
 def test_exclude_tag(tags: dict[str, str], excluded: bool) -> None:
     assert is_excluded_by_tag(tags) is excluded
+
+
+@pytest.mark.parametrize("value", ["false", "False", " FALSE ", "true", "TRUE"])
+def test_a_valid_exclude_tag_is_no_problem(value: str) -> None:
+    assert policy_for_user(Settings(), {"rotator:exclude": value}, "alice").max_key_age == timedelta(days=90)
+
+
+@pytest.mark.parametrize("value", ["yes", "no", "1", "0", "", "enabled", "truee", "t"])
+def test_an_invalid_exclude_tag_is_that_users_problem(value: str) -> None:
+    with pytest.raises(UserError) as caught:
+        policy_for_user(Settings(), {"Rotator:Exclude": value}, "alice")
+    assert caught.value.user == "alice"
+    assert str(caught.value) == f"alice: tag rotator:exclude={value!r}: must be true or false"
+
+
+def test_the_exclude_tag_message_matches_the_contract() -> None:
+    with pytest.raises(UserError, match=r"^bob: tag rotator:exclude='yes': must be true or false$"):
+        policy_for_user(Settings(), {"rotator:exclude": "yes"}, "bob")
