@@ -385,6 +385,7 @@ class Executor:
                     f"{state.user}: key limit reached: another key appeared since the re-read; not rotated"
                 ) from exc
             raise
+        self.emit(KeyCreated(account=state.account, user=state.user, key_id=key.key_id, sweep_id=self.sweep_id))
         try:
             self.aws.tag_user(state.user, {own_tag(key.key_id): _iso(key.created)})
         except AwsError as exc:
@@ -392,7 +393,6 @@ class Executor:
             error = AwsError(f"{state.user}: could not record new key {key.key_id}, withdrawn: {exc}")
             error.key_id = key.key_id
             raise error from None
-        self.emit(KeyCreated(account=state.account, user=state.user, key_id=key.key_id, sweep_id=self.sweep_id))
         return key
 
     def _withdraw(self, state: UserState, key_id: str, why: str) -> None:
@@ -428,7 +428,11 @@ class Executor:
         deadline = _after(key.created, policy.validation_timeout)
         try:
             if not state.secret.exists:
-                self._validate(state, key, deadline)
+                try:
+                    self._validate(state, key, deadline)
+                except RotatorError:
+                    self._withdraw(state, key.key_id, "it did not validate in time")
+                    raise
                 self._check_deadline(state, key, deadline)
                 self._create_secret(state, key, document, version, replaced)
                 self._published(state, key.key_id, replaced, resumed=False)

@@ -42,6 +42,7 @@ from rotator.model import (
     TAG_PREVIOUS_CREATED,
     TAG_PREVIOUS_KEY,
     TAG_PUBLISHED_AT,
+    TAG_USER,
     USER_TAG_OWN_PREFIX,
     USER_TAG_ROTATION_KEYS,
     USER_TAG_ROTATION_STARTED,
@@ -301,6 +302,23 @@ class Inventory:
                 if user is not None:
                     version_users[version] = user
             version_keys[version] = key_id
+        current = next((v for v, stages in summary.versions.items() if AWSCURRENT in stages), None)
+        if (
+            managed
+            and current
+            and TAG_USER not in summary.tags
+            and version_keys.get(current)
+            not in candidates
+            - {
+                summary.tags.get(TAG_CURRENT_KEY),
+                summary.tags.get(TAG_PREVIOUS_KEY),
+            }
+        ):
+            # An older secret without its user tag whose current key is none of this user's: read whose
+            # document it holds before anyone writes into it (a template once mapped two users here?).
+            key_id, user = self._key_in_version(name, current)
+            if user is not None:
+                version_users[current] = user
         return SecretState(
             name=name,
             exists=True,

@@ -9,8 +9,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
@@ -42,8 +45,9 @@ def free_port() -> int:
 class MotoServer:
     """A ``moto_server`` subprocess on 127.0.0.1; stopped by :meth:`stop`."""
 
-    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, extra_env: dict[str, str] | None = None, *, port: int | None = None) -> None:
+        """``port``: a given one (a restart on the port of a stopped server); a free one by default."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -73,6 +77,37 @@ class MotoServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """The URL of a TCP server on 127.0.0.1 that accepts every connection and never sends a byte.
+
+    What a black-holed AWS endpoint or a hung proxy looks like to a client: connecting works, answers never come.
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            held.append(connection)  # kept open, never read, never answered
+
+    thread = threading.Thread(target=accept, name="silent-endpoint", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        server.close()
+        for connection in held:
+            connection.close()
 
 
 def aws_env(url: str, access_key: str = MOTO_KEY, secret_key: str = MOTO_KEY) -> dict[str, str]:

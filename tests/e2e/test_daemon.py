@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import ROOT, AwsEnv, assert_no_secrets, cli_argv, free_port, write_config
+from conftest import ROOT, AwsEnv, MotoServer, assert_no_secrets, aws_env, cli_argv, free_port, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(120)
@@ -289,6 +289,37 @@ def test_unreachable_aws_is_not_ready_and_failures_show(aws: AwsEnv, tmp_path: P
         code, _ = run.stop()
         assert code == 0
         run.assert_clean_output(aws.created_secrets)
+
+
+def test_readyz_follows_aws_503_while_unreachable_200_once_it_answers_again(tmp_path: Path) -> None:
+    """SPEC: /readyz is 200 only while AWS answers: 503 after a failed contact, until the next success."""
+    server = MotoServer()  # this test's own AWS, to switch off and on again
+    port = free_port()
+    config = write_config(tmp_path, config_text(port, interval="1s", max_key_age="1h"))
+    try:
+        with daemon(tmp_path, config, port, aws_env(server.url)) as run:
+            run.wait_http()
+            run.wait_for(lambda: run.get("/readyz")[0] == 200, 20, "/readyz 200 once AWS was reached")
+
+            server.stop()  # AWS goes away: its port refuses connections
+            run.wait_for(lambda: run.get("/readyz")[0] == 503, 20, "/readyz 503 while AWS is unreachable")
+            _, body = run.get_json("/readyz")
+            assert body["status"] == "AWS unreachable"
+            assert body["aws_unreachable_since"]
+            assert body["aws_contact_at"], "the last successful contact is still shown"
+            assert run.get_json("/healthz")[0] == 200, "alive, only not ready"
+
+            server = MotoServer(port=server.port)  # AWS is back, at the same address
+            run.wait_for(lambda: run.get("/readyz")[0] == 200, 30, "/readyz 200 once AWS answers again")
+            _, body = run.get_json("/readyz")
+            assert body["status"] == "ready"
+            assert body["aws_unreachable_since"] is None
+
+            code, _ = run.stop()
+            assert code == 0
+            run.assert_clean_output([])
+    finally:
+        server.stop()
 
 
 # -- signals ----------------------------------------------------------------------------------------

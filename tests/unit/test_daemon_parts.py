@@ -181,6 +181,40 @@ def test_readyz_after_first_aws_contact_with_last_sweep(clock: FakeClock) -> Non
     }
 
 
+def test_readyz_is_503_after_a_call_aws_did_not_answer_until_the_next_success(clock: FakeClock) -> None:
+    """SPEC: /readyz is 200 only while AWS answers (503 after a failed contact, until the next success)."""
+    daemon = make_daemon(clock)
+    emit = daemon.app.bus.emit
+    emit(AwsCall(service="iam", operation="ListUsers"))
+    assert daemon.readiness()[0] == 200
+    emit(AwsCall(service="iam", operation="ListAccessKeys", outcome="error"))  # e.g. AccessDenied: AWS answered
+    emit(AwsCall(service="iam", operation="ListUsers", outcome="throttled"))  # an answer too
+    assert daemon.readiness()[0] == 200, "an error answer shows that AWS answers"
+
+    emit(AwsCall(service="iam", operation="ListUsers", outcome="error", reachable=False))
+    status, body = daemon.readiness()
+    assert status == 503
+    assert body["status"] == "AWS unreachable"
+    assert body["aws_unreachable_since"] == NOW.isoformat()
+    assert body["aws_contact_at"] == NOW.isoformat(), "the last success is still shown"
+    emit(AwsCall(service="iam", operation="GetUser", outcome="error"))
+    assert daemon.readiness()[0] == 503, "only a success ends it"
+
+    emit(AwsCall(service="sts", operation="GetCallerIdentity"))
+    status, body = daemon.readiness()
+    assert status == 200
+    assert body["status"] == "ready"
+    assert body["aws_unreachable_since"] is None
+
+
+def test_readyz_before_any_contact_says_whether_aws_failed(clock: FakeClock) -> None:
+    daemon = make_daemon(clock)
+    assert daemon.readiness()[1]["status"] == "waiting for AWS"
+    daemon.app.bus.emit(AwsCall(service="sts", operation="GetCallerIdentity", outcome="error", reachable=False))
+    status, body = daemon.readiness()
+    assert (status, body["status"], body["aws_contact_at"]) == (503, "AWS unreachable", None)
+
+
 def test_reload_refuses_a_broken_file_and_applies_a_valid_one(clock: FakeClock) -> None:
     results: list[Settings | Exception] = [
         ConfigError("policy.max_key_age: invalid duration 'soon'"),

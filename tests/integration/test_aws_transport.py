@@ -1,0 +1,117 @@
+"""The AWS boundary when AWS does not answer: timeouts, how often a call is tried, and what readiness learns.
+
+Every failed call's ``AwsCall`` event says whether AWS answered (``reachable``): an error *answer* such as
+``NoSuchEntity`` or ``AccessDenied`` shows AWS is there; a refused connection, a timeout or a 5xx does not.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import boto3
+import pytest
+from conftest import REGION, AwsEnv, free_port
+from helpers import silent_endpoint
+
+from rotator.aws import Boundary, RateLimiter
+from rotator.errors import AwsError, NotFoundError, UnreachableError
+from rotator.events import AwsCall, Event
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def boundary_at(
+    url: str, monkeypatch: pytest.MonkeyPatch, events: list[Event], max_attempts: int = 8, **timeouts: float
+) -> Boundary:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
+    return Boundary(session, events.append, max_attempts=max_attempts, limiter=RateLimiter(1000.0), **timeouts)
+
+
+@contextmanager
+def failing_endpoint(status: int) -> Iterator[str]:
+    """An endpoint that answers every request with ``status`` and a Query-protocol error body."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b"<ErrorResponse><Error><Code>ServiceUnavailable</Code><Message>down</Message></Error>"
+            body += b"</ErrorResponse>"
+            self.send_response(status)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def last_call(events: list[Event]) -> AwsCall:
+    calls = [e for e in events if isinstance(e, AwsCall) and e.outcome != "throttled"]
+    assert calls, events
+    return calls[-1]
+
+
+def test_an_error_answer_is_aws_answering(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[Event] = []
+    boundary = boundary_at(aws.url, monkeypatch, events)
+    with pytest.raises(NotFoundError):
+        boundary.call("iam", "GetUser", UserName="nobody")
+    call = last_call(events)
+    assert (call.outcome, call.reachable) == ("error", True)
+    boundary.call("sts", "GetCallerIdentity")
+    assert last_call(events).reachable is True
+
+
+def test_a_refused_connection_is_aws_not_answering(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[Event] = []
+    boundary = boundary_at(f"http://127.0.0.1:{free_port()}", monkeypatch, events)
+    with pytest.raises(UnreachableError):
+        boundary.call("sts", "GetCallerIdentity")
+    call = last_call(events)
+    assert (call.outcome, call.reachable) == ("error", False)
+
+
+def test_a_5xx_answer_is_aws_not_answering(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[Event] = []
+    with failing_endpoint(503) as url:
+        boundary = boundary_at(url, monkeypatch, events, max_attempts=2)  # botocore retries a 5xx with backoff
+        with pytest.raises(AwsError):
+            boundary.call("sts", "GetCallerIdentity")
+    call = last_call(events)
+    assert (call.outcome, call.reachable) == ("error", False)
+
+
+def test_the_timeouts_are_the_configured_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    boundary = boundary_at("http://127.0.0.1:1", monkeypatch, [], connect_timeout=3.0, read_timeout=7.0)
+    config = boundary.client_config()
+    assert (config.connect_timeout, config.read_timeout) == (3.0, 7.0)
+
+
+def test_a_silent_endpoint_costs_two_read_timeouts_whatever_max_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore would try a timed-out call max_attempts (8) times: 8 read timeouts for one call."""
+    events: list[Event] = []
+    with silent_endpoint() as url:
+        boundary = boundary_at(url, monkeypatch, events, connect_timeout=1.0, read_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(UnreachableError):
+            boundary.call("sts", "GetCallerIdentity")
+        took = time.monotonic() - started
+    assert 1.9 < took < 4.0, f"{took:.1f} s: one retry after a timeout, not {boundary.max_attempts - 1}"
+    call = last_call(events)
+    assert (call.outcome, call.reachable) == ("error", False)
