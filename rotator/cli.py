@@ -123,6 +123,8 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per
     settings = _settings(args)
     command = args.command
     if command == "check-config":
+        for warning in settings.warnings():
+            print(f"rotator: warning: {warning}", file=sys.stderr)
         print(yaml.safe_dump(settings.effective(), sort_keys=False), end="")
         return EXIT_OK
     if command == "run":

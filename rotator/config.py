@@ -700,6 +700,22 @@ class Settings(_Section):
         """The configuration as plain JSON/YAML data, durations spelled like ``90d`` (no secrets in it)."""
         return self.model_dump(mode="json")
 
+    def warnings(self) -> list[str]:
+        """Valid but self-defeating settings: said by ``check-config`` and logged when the daemon starts.
+
+        A previous key leaves only on its own schedule (I5), so a new key that falls due before its
+        predecessor is deleted waits: rotations then run late every time, never unsafely.
+        """
+        policy = self.policy
+        out: list[str] = []
+        if policy.grace_period + policy.retention >= policy.max_key_age:
+            out.append(
+                f"policy.grace_period + policy.retention ({format_duration(policy.grace_period + policy.retention)}) "
+                f">= policy.max_key_age ({format_duration(policy.max_key_age)}): a key falls due before the key it "
+                "replaced is gone, so every rotation waits for that deletion and runs late"
+            )
+        return out
+
 
 # --------------------------------------------------------------------------------------------- model walking
 

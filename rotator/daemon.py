@@ -608,6 +608,8 @@ def _handler_for(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
 def run_daemon(settings: Settings, *, config_path: str | None = None) -> int:
     """``rotator run``: the composition of App, Daemon, HTTP server and systemd notifier."""
     app = App(settings)
+    for warning in settings.warnings():
+        log.warning("config.warning", warning=warning)
     notifier = Notifier.from_environment()
     daemon = Daemon(app, config_path=config_path, notifier=notifier)
     daemon.install_signal_handlers()

@@ -999,3 +999,33 @@ def test_an_invalid_exclude_tag_is_that_users_problem(value: str) -> None:
 def test_the_exclude_tag_message_matches_the_contract() -> None:
     with pytest.raises(UserError, match=r"^bob: tag rotator:exclude='yes': must be true or false$"):
         policy_for_user(Settings(), {"rotator:exclude": "yes"}, "bob")
+
+
+@pytest.mark.parametrize(
+    ("policy", "warned"),
+    [
+        ({"max_key_age": "90d", "grace_period": "7d", "retention": "7d"}, False),
+        ({"max_key_age": "14d", "grace_period": "7d", "retention": "7d"}, True),  # equal: late by design
+        ({"max_key_age": "1h", "grace_period": "2h", "retention": "1s"}, True),
+    ],
+)
+def test_check_config_warns_when_keys_fall_due_before_their_predecessor_is_gone(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    policy: dict[str, str],
+    warned: bool,
+) -> None:
+    """A grace period (plus retention) as long as max_key_age makes every rotation wait: check-config says so."""
+    from rotator.cli import main  # noqa: PLC0415 - the CLI entry point, as an operator runs it
+
+    for name in ("ROTATOR_CONFIG",):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"policy": policy}))
+
+    assert main(["--config", str(path), "check-config"]) == 0
+    err = capsys.readouterr().err
+    assert ("policy.grace_period + policy.retention" in err) is warned, err
+    if warned:
+        assert "policy.max_key_age" in err and err.count("\n") == 1
