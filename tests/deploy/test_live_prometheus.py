@@ -74,6 +74,7 @@ ALERT_INNER: dict[str, tuple[str, str]] = {
     "RotatorKeyHeld": (" > 0", ""),
     "RotatorActionFailures": (" > 0", ""),
     "RotatorSweepsFailing": (" > 0", ""),
+    "RotatorUnprovenKey": (" > 0", ""),
     "RotatorNoRecentSuccess": (" > 7200", ""),
     "RotatorAwsThrottling": (" > 0.1", ""),
 }
