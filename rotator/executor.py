@@ -81,7 +81,7 @@ from rotator.model import (
     own_tag,
     version_id_for,
 )
-from rotator.policy import _after, classify, decide, decide_forced, repairs_needed
+from rotator.policy import _after, classify, decide, decide_forced, repairs_needed, tag_room_problem
 
 Clock = Callable[[], datetime]
 
@@ -101,10 +101,6 @@ class ConcurrentlyDone(RotatorError):
 
 class KeyOutcomeUnknown(RotatorError):
     """CreateAccessKey failed in a way that does not say whether AWS created the key."""
-
-
-#: IAM's limit of tags per user.
-IAM_USER_TAG_LIMIT = 50
 
 
 class Budget:
@@ -355,13 +351,9 @@ class Executor:
         was never written (a crash or a lost answer in between) be found again and settled from
         CloudTrail. The record ``rotator:own:<key id>`` is the proof, written the moment the id is known.
         """
-        ours = len([t for t in state.tags if t not in state.in_flight_tags])
-        if ours + 3 > IAM_USER_TAG_LIMIT:
-            raise UserError(
-                state.user,
-                f"the user has {ours} tags; a rotation needs 3 free of IAM's {IAM_USER_TAG_LIMIT} "
-                "(intent mark and ownership record): remove some",
-            )
+        no_room = tag_room_problem(state)
+        if no_room is not None:  # the policy says so first; this is defence in depth
+            raise UserError(state.user, no_room)
         existing = " ".join(sorted(k.key_id for k in state.keys))
         intent = {USER_TAG_ROTATION_STARTED: _iso(self.clock()), USER_TAG_ROTATION_KEYS: existing}
         try:

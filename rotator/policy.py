@@ -259,6 +259,7 @@ class _Planner:
                 Action.SKIP,
                 None,
                 "two active keys and no secret: cannot tell which one to replace",
+                problem=True,
             )
             return
         replaced = active[0] if active else None
@@ -366,18 +367,46 @@ class _Planner:
         due: datetime,
         replaced: AccessKey | None = None,
     ) -> None:
-        """Rotate, first deleting untracked inactive keys when IAM's two slots are full."""
+        """Rotate, first deleting untracked inactive keys when IAM's two slots are full.
+
+        A rotation that cannot run is a problem (I10: the sweep fails and says why every time), except
+        while it waits for the previous key's own schedule (I5), which is progress.
+        """
+        no_room = tag_room_problem(self.state)
+        if no_room is not None:
+            self.step(Action.SKIP, replaced, f"rotation due but {no_room}", due, problem=True)
+            self.later(Action.ROTATE, replaced, due)
+            return
         strays = list(roles.strays)
         while free_slots < 1 and strays:
             stray = strays.pop(0)
             self.step(Action.DELETE, stray, "inactive key tracked by no secret: frees a key slot", due)
             free_slots += 1
         if free_slots < 1:
-            blockers = ", ".join(k.key_id for k in roles.foreign) or "keys of the user"
-            self.step(Action.SKIP, replaced, f"rotation due but no free key slot (held by {blockers})", due)
+            blockers = ", ".join(k.key_id for k in (*roles.foreign, *roles.unproven)) or "keys of the user"
+            self.step(
+                Action.SKIP, replaced, f"rotation due but no free key slot (held by {blockers})", due, problem=True
+            )
             self.later(Action.ROTATE, replaced, due)
             return
         self.step(Action.ROTATE, replaced, reason, due)
+
+
+#: IAM's limit of tags per user.
+IAM_USER_TAG_LIMIT = 50
+#: Tags a rotation writes on the user: the intent mark (2) and its key's ownership record (1).
+ROTATION_TAGS = 3
+
+
+def tag_room_problem(state: UserState) -> str | None:
+    """Why the user has no room for a rotation's tags, or None."""
+    others = len([t for t in state.tags if t not in state.in_flight_tags])
+    if others + ROTATION_TAGS <= IAM_USER_TAG_LIMIT:
+        return None
+    return (
+        f"the user has {others} tags; a rotation needs {ROTATION_TAGS} free of IAM's {IAM_USER_TAG_LIMIT} "
+        "(intent mark and ownership record): remove some"
+    )
 
 
 def secret_problem(state: UserState) -> str | None:
@@ -479,5 +508,8 @@ def decide_forced(state: UserState, policy: EffectivePolicy, now: datetime, *, r
     if free_slots < 1:
         blockers = ", ".join(k.key_id for k in roles.foreign) or "keys of the user"
         raise UserError(state.user, f"no free key slot (held by {blockers})")
+    no_room = tag_room_problem(state)
+    if no_room is not None:
+        raise UserError(state.user, no_room)
     planner.step(Action.ROTATE, replaced, "forced rotation" + (" with --revoke" if revoke else ""), now)
     return UserPlan(state.account, state.user, tuple(planner.steps), ())

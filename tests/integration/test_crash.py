@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AwsEnv, Proc, assert_no_secrets, crashing, policy_config
-from faultproxy import FaultProxy
+from conftest import AwsEnv, Proc, assert_no_secrets, crashing, policy_config, through_proxy
 from helpers import MUTATING, MotoServer
 
 from rotator.app import App
@@ -63,16 +62,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
 
 @pytest.fixture
 def aws(moto_server: MotoServer) -> Iterator[AwsEnv]:
-    """Every process of these tests talks to moto through the fault proxy, here for its CloudTrail stand-in.
-
-    A crash right after CreateAccessKey leaves a key without its ownership record: only CloudTrail's
-    ``CreateAccessKey`` event (which moto lacks; the proxy serves it) can prove it the rotator's own.
-    """
-    moto_server.reset()
-    proxy = FaultProxy(moto_server.url).start()
-    yield AwsEnv(proxy.url)
-    proxy.stop()
-    assert not proxy.errors, proxy.errors
+    """Through the fault proxy, for its CloudTrail stand-in (a crash right after CreateAccessKey)."""
+    yield from through_proxy(moto_server)
 
 
 def sweep(aws: AwsEnv, config: Path, outputs: list[str]) -> Proc:

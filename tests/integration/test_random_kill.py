@@ -30,6 +30,7 @@ import random
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,8 +47,17 @@ from conftest import (
     cli_argv,
     crashing,
     policy_config,
+    through_proxy,
 )
+from helpers import MotoServer
 from test_crash import assert_converged, assert_current_works, secret_exists, sleep_until
+
+
+@pytest.fixture
+def aws(moto_server: MotoServer) -> Iterator[AwsEnv]:
+    """Through the fault proxy, for its CloudTrail stand-in: a kill between CreateAccessKey and its record."""
+    yield from through_proxy(moto_server)
+
 
 VALIDATION_TIMEOUT = 4  # seconds
 IN_FLIGHT_WINDOW = 2 * VALIDATION_TIMEOUT

@@ -54,7 +54,9 @@ def test_a_second_active_foreign_key_is_left_alone_and_reported(aws: AwsEnv, tmp
     assert ("skip", foreign["AccessKeyId"]) in actions
     assert not any(a in ("disable", "delete", "cleanup") and k == foreign["AccessKeyId"] for a, k in actions)
     result = run_cli(["sweep"], aws, config)
-    assert result.returncode == 0, result.stderr
+    # I10: a user that cannot progress (no free slot) fails the sweep, and says why.
+    assert result.returncode == 1, result.stderr
+    assert f"no free key slot (held by {foreign['AccessKeyId']})" in result.stderr
     assert aws.keys("shared")[foreign["AccessKeyId"]] == "Active"
     assert aws.secret("shared")["AccessKeyId"] == previous  # no free slot: rotation waits, reported
     assert_no_secrets([result.stdout, result.stderr], aws.created_secrets)
