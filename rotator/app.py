@@ -285,7 +285,7 @@ class App:
             policy = policy_for_user(self.settings, state.tags, state.user)
         except UserError:
             return False
-        return repairs_needed(state, policy).any
+        return repairs_needed(state, policy, self.clock()).any
 
     def _finish(self, report: SweepReport) -> None:
         for error in report.errors:

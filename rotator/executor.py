@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypedDict
 
@@ -398,7 +398,8 @@ class Executor:
         self.emit(
             KeyWithdrawn(account=state.account, user=state.user, key_id=key_id, sweep_id=self.sweep_id, reason=why)
         )
-        self._untag(state, [own_tag(key_id)])
+        # The attempt is over: neither its record nor its intent mark may speak for keys created later.
+        self._untag(state, [own_tag(key_id), USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS])
 
     def _untag(self, state: UserState, tags: list[str]) -> None:
         try:
@@ -515,10 +516,17 @@ class Executor:
         self, state: UserState, version: str, key: NewKey, replaced: AccessKey | None, *, resumed: bool
     ) -> None:
         old_version = state.secret.version_with(AWSCURRENT)
-        if not self.aws.move_stage(state.secret.name, AWSCURRENT, to_version=version, from_version=old_version):
+        moved = self.aws.move_stage(state.secret.name, AWSCURRENT, to_version=version, from_version=old_version)
+        if not moved and resumed:
             # Two runs resuming the same pending key: the other moved AWSCURRENT first. The goal
             # holds and the publication is the other's (reported once, by it).
             raise ConcurrentlyDone(f"{state.user}: a concurrent run published {key.key_id}")
+        # (Not moved on a fresh rotation: our own move went through and its answer was lost - nobody
+        # else publishes a key of ours within its validation_timeout - so the publication is ours.)
+        # The secret holds the key now: its ownership record must not outlive that (were the secret
+        # purged, a stale record would condemn the published key as an orphan). A crash right here
+        # leaves it for the next sweep's repair.
+        self._finish(state, key.key_id)
         # A concurrent run's repair may remove AWSPENDING first (it saw what a crash here leaves):
         # move_stage then reports the goal as already met, and the publication is finished anyway.
         self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version)
@@ -540,9 +548,9 @@ class Executor:
             )
         )
         self.aws.tag_secret(state.secret.name, tags)
-        self._finish(state, key.key_id)
 
     def _published(self, state: UserState, key_id: str, replaced: AccessKey | None, *, resumed: bool) -> None:
+        self._finish(state, key_id)  # first: the secret holds the key now (see _publish)
         self.emit(
             KeyPublished(
                 account=state.account,
@@ -555,7 +563,6 @@ class Executor:
             )
         )
         self.aws.tag_secret(state.secret.name, {TAG_PUBLISHED_AT: _iso(self.clock())})
-        self._finish(state, key_id)
 
     def _finish(self, state: UserState, key_id: str) -> None:
         # The secret now holds the key: its ownership record and the intent mark have done their work.
@@ -610,7 +617,7 @@ class Executor:
     def _repair(self, state: UserState, policy: EffectivePolicy, plan: UserPlan, now: datetime) -> None:
         if self.settings.safety.dry_run:
             return
-        needed = repairs_needed(state, policy)
+        needed = repairs_needed(state, policy, now)
         try:
             if needed.published_key is not None:
                 tags = {TAG_CURRENT_KEY: needed.published_key, TAG_PUBLISHED_AT: _iso(now)}
@@ -645,6 +652,13 @@ class Executor:
                         record="disabled-at",
                     )
                 )
+            if needed.stale_user_tags:
+                self.aws.untag_user(state.user, list(needed.stale_user_tags))
+                self.emit(
+                    RecordRepaired(
+                        account=state.account, user=state.user, key_id=None, record="stale rotation tags removed"
+                    )
+                )
             current_version = state.secret.version_with(AWSCURRENT)
             if current_version and AWSPENDING in state.secret.versions.get(current_version, ()):
                 # The publishing run may remove it first: move_stage treats that as done.
@@ -655,7 +669,7 @@ class Executor:
     # -- helpers --------------------------------------------------------------------------------
 
     def _skip(self, into: list[Step], step: Step, reason: str) -> None:
-        into.append(step)
+        into.append(replace(step, reason=reason))
         self.emit(ActionSkipped(**self._ctx(step), action=step.action, reason=reason))
 
     def _ctx(self, step: Step) -> _Context:

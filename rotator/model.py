@@ -299,7 +299,9 @@ class RepairNeeded:
 
     published_key: str | None = None
     disabled_key: str | None = None
+    #: User tags a finished or abandoned rotation left behind (its answer lost, or a crash).
+    stale_user_tags: tuple[str, ...] = ()
 
     @property
     def any(self) -> bool:
-        return self.published_key is not None or self.disabled_key is not None
+        return self.published_key is not None or self.disabled_key is not None or bool(self.stale_user_tags)

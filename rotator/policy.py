@@ -22,6 +22,7 @@ Key roles (SPEC "Key lifecycle, precisely"):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,6 +35,7 @@ from rotator.model import (
     TAG_CURRENT_KEY,
     TAG_PREVIOUS_KEY,
     USER_TAG_ROTATION_KEYS,
+    USER_TAG_ROTATION_STARTED,
     AccessKey,
     Action,
     EffectivePolicy,
@@ -43,6 +45,8 @@ from rotator.model import (
     Upcoming,
     UserPlan,
     UserState,
+    own_tag,
+    parse_instant,
 )
 
 #: IAM allows two access keys per user.
@@ -165,6 +169,18 @@ class _Planner:
             )
         )
 
+    def young(self, keys: Sequence[AccessKey]) -> str:
+        """A note when one of ``keys`` is younger than the in-flight window, else "".
+
+        Reads of one user are not atomic (tags, then keys): a key another run created a moment ago can be
+        seen before its record or intent mark. Until the window has passed, a block it causes may be that
+        run's rotation in flight, not a problem (the next sweep decides again).
+        """
+        window = self.policy.in_flight_window
+        if any(self.now < _after(key.created, window) for key in keys):
+            return "; a key created moments ago may be another run's rotation in flight"
+        return ""
+
     def later(self, action: Action, key: AccessKey | None, due_at: datetime) -> None:
         self.upcoming.append(Upcoming(action, key.key_id if key else None, due_at))
 
@@ -255,11 +271,12 @@ class _Planner:
         active = roles.foreign  # with no secret, every active non-orphan key is unreferenced
         if len(active) >= 2:
             self.steps = [s for s in self.steps if s.action is not Action.SKIP]
+            young = self.young(active)
             self.step(
                 Action.SKIP,
                 None,
-                "two active keys and no secret: cannot tell which one to replace",
-                problem=True,
+                "two active keys and no secret: cannot tell which one to replace" + young,
+                problem=not young,
             )
             return
         replaced = active[0] if active else None
@@ -383,9 +400,15 @@ class _Planner:
             self.step(Action.DELETE, stray, "inactive key tracked by no secret: frees a key slot", due)
             free_slots += 1
         if free_slots < 1:
-            blockers = ", ".join(k.key_id for k in (*roles.foreign, *roles.unproven)) or "keys of the user"
+            held_by = (*roles.foreign, *roles.unproven)
+            blockers = ", ".join(k.key_id for k in held_by) or "keys of the user"
+            young = self.young(held_by)
             self.step(
-                Action.SKIP, replaced, f"rotation due but no free key slot (held by {blockers})", due, problem=True
+                Action.SKIP,
+                replaced,
+                f"rotation due but no free key slot (held by {blockers})" + young,
+                due,
+                problem=not young,
             )
             self.later(Action.ROTATE, replaced, due)
             return
@@ -441,19 +464,38 @@ def _after(instant: datetime, delta: timedelta) -> datetime:
         return datetime.max.replace(tzinfo=instant.tzinfo)
 
 
-def repairs_needed(state: UserState, policy: EffectivePolicy) -> RepairNeeded:
-    """Timestamps a crash kept from being recorded; the executor records them as "now"."""
+def repairs_needed(state: UserState, policy: EffectivePolicy, now: datetime | None = None) -> RepairNeeded:
+    """Records a crash (or a lost answer) kept from being written or removed; the executor mends them.
+
+    Timestamps are recorded as "now". Stale user tags are removed: an ownership record of a key a secret
+    version now holds, or of a key gone for longer than the in-flight window (a stale record would
+    condemn a key as an orphan if its secret were ever purged), and an intent mark older than the
+    window when nothing is in flight (it would make an operator's later key look like a candidate).
+    """
     secret = state.secret
-    if not secret.exists or not secret.managed:
+    if secret.exists and not secret.managed:
         return RepairNeeded()
     roles = classify(state, policy)
-    if roles.current is None or roles.previous is None:
-        return RepairNeeded()
+    stale: list[str] = []
+    if now is not None:
+        window = policy.in_flight_window
+        referenced = secret.referenced_keys if secret.exists else frozenset()
+        for key_id in sorted(state.recorded_own_keys):
+            recorded = parse_instant(state.tags.get(own_tag(key_id)))
+            gone = state.key(key_id) is None and (recorded is None or now >= _after(recorded, window))
+            if key_id in referenced or gone:
+                stale.append(own_tag(key_id))
+        started = state.rotation_started
+        settled = not (roles.orphans or roles.unproven or roles.pending) and len(stale) == len(state.recorded_own_keys)
+        if started is not None and now >= _after(started, window) and settled:
+            stale += [t for t in (USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS) if t in state.tags]
+    if not secret.exists or roles.current is None or roles.previous is None:
+        return RepairNeeded(stale_user_tags=tuple(stale))
     published = None if secret.published_at(roles.current.key_id) else roles.current.key_id
     disabled = None
     if not roles.previous.active and secret.disabled_at(roles.previous.key_id) is None:
         disabled = roles.previous.key_id
-    return RepairNeeded(published_key=published, disabled_key=disabled)
+    return RepairNeeded(published_key=published, disabled_key=disabled, stale_user_tags=tuple(stale))
 
 
 def decide_forced(state: UserState, policy: EffectivePolicy, now: datetime, *, revoke: bool) -> UserPlan:

@@ -42,11 +42,11 @@ ROTATION = (
     "TagUser",  # ownership record rotator:own:<new key>
     "PutSecretValue",  # AWSPENDING
     "UpdateSecretVersionStage",  # AWSCURRENT onto the new version
+    "UntagUser",  # the secret holds the key now: record and mark removed
     "UpdateSecretVersionStage",  # AWSPENDING removed
     "TagResource",  # current/previous ids, published-at
-    "UntagUser",  # record and mark removed
 )
-BOOTSTRAP = ("TagUser", "CreateAccessKey", "TagUser", "CreateSecret", "TagResource", "UntagUser")
+BOOTSTRAP = ("TagUser", "CreateAccessKey", "TagUser", "CreateSecret", "UntagUser", "TagResource")
 DISABLE = ("UpdateAccessKey", "TagResource")
 DELETE = ("DeleteAccessKey", "TagResource")  # the deletion record keeps a stale report honest
 OPERATIONS: dict[str, tuple[str, ...]] = {

@@ -38,7 +38,11 @@ def test_bootstrap_with_an_inactive_spare_key_deletes_the_spare_first(aws: AwsEn
 
 
 def test_a_second_active_foreign_key_is_left_alone_and_reported(aws: AwsEnv, tmp_path: Path) -> None:
-    config = write_config(tmp_path, DUE.replace("max_key_age: 1h", "max_key_age: 1s"))
+    # validation_timeout 1s: past its 2 s in-flight window a blocking key cannot be a rotation in flight.
+    config = write_config(
+        tmp_path,
+        DUE.replace("max_key_age: 1h", "max_key_age: 1s").replace("validation_timeout: 10s", "validation_timeout: 1s"),
+    )
     aws.user("shared", keys=1)
     assert run_cli(["sweep"], aws, config).returncode == 0  # bootstrap: a secret now
     previous = aws.secret("shared")["AccessKeyId"]
@@ -49,6 +53,7 @@ def test_a_second_active_foreign_key_is_left_alone_and_reported(aws: AwsEnv, tmp
     time.sleep(1.5)
     foreign = aws.iam.create_access_key(UserName="shared")["AccessKey"]
     aws.created_secrets.append(foreign["SecretAccessKey"])
+    time.sleep(2.1)  # past the in-flight window
     plan = json.loads(run_cli(["plan", "--json"], aws, config).stdout)
     actions = {(s["action"], s["key_id"]) for s in plan if s["user"] == "shared"}
     assert ("skip", foreign["AccessKeyId"]) in actions
