@@ -32,6 +32,8 @@ SPEC_METRICS: frozenset[str] = frozenset(
         "rotator_aws_api_calls_total",
         "rotator_leader",
         "rotator_build_info",
+        # Added with the response to unprovable key ownership (issue 9); README's metrics table lists it.
+        "rotator_unproven_keys",
     }
 )
 SPEC_HISTOGRAMS: frozenset[str] = frozenset({"rotator_sweep_duration_seconds"})

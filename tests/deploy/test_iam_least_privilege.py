@@ -22,7 +22,9 @@ import copy
 import json
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,12 @@ from conftest import (
     StartSignedMoto,
     client,
     run_cli,
+    through_proxy,
     user_with_policy,
     wait_until,
     write_config,
 )
+from helpers import MotoServer
 from iam_operations import OPTIONAL_KMS_ACTIONS, ROTATOR_OPERATIONS
 from record_calls import RECORD_ENV, documented_actions, operations, policy_actions, read_calls
 
@@ -217,6 +221,12 @@ def remote_account(aws: AwsEnv, role: str = REMOTE_ROLE) -> Any:
     return client(aws.url, "iam", creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
 
 
+@pytest.fixture
+def aws(moto_server: MotoServer) -> Iterator[AwsEnv]:
+    """Through the fault proxy, whose CloudTrail stand-in answers ``cloudtrail:LookupEvents`` (moto has none)."""
+    yield from through_proxy(moto_server)
+
+
 def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path: Path) -> None:
     record = tmp_path / "calls.jsonl"
     config = write_config(tmp_path, CONFIG.format(max_key_age="6s"))
@@ -263,6 +273,15 @@ def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path:
     aws.sm.put_secret_value(SecretId="iam-keys/leaky", SecretString=json.dumps(by_hand), VersionStages=["AWSCURRENT"])
     (leaky,) = [r for r in json.loads(cli(aws, config, record, "inventory", "--json")) if r["user"] == "leaky"]
     assert by_hand["AccessKeyId"] in leaky["secret"]["version_keys"].values()
+
+    # A crash between CreateAccessKey and its ownership record leaves an unrecorded key near the intent mark:
+    # the plan asks CloudTrail (the proxy's stand-in) who created it.
+    now = datetime.now(UTC).isoformat()
+    aws.iam.create_user(UserName="crashed", Path="/service/", Tags=[{"Key": "rotator", "Value": "enabled"}])
+    aws.iam.tag_user(UserName="crashed", Tags=[{"Key": "rotator:rotation-started", "Value": now}])
+    key_owners[aws.iam.create_access_key(UserName="crashed")["AccessKey"]["AccessKeyId"]] = "crashed"
+    paths["crashed"] = "/service/"
+    cli(aws, config, record, "plan", "--json")
 
     calls = read_calls(record)
     for call in calls:

@@ -23,6 +23,7 @@ EXPECTED_ALERTS = {
     "RotatorAbsent",
     "RotatorAwsThrottling",
     "RotatorActionFailures",
+    "RotatorUnprovenKey",
 }
 
 

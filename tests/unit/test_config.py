@@ -1017,14 +1017,15 @@ def test_check_config_warns_when_keys_fall_due_before_their_predecessor_is_gone(
     warned: bool,
 ) -> None:
     """A grace period (plus retention) as long as max_key_age makes every rotation wait: check-config says so."""
-    from rotator.cli import main  # noqa: PLC0415 - the CLI entry point, as an operator runs it
+    from rotator import cli  # noqa: PLC0415 - the CLI entry point, as an operator runs it
 
-    for name in ("ROTATOR_CONFIG",):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ROTATOR_CONFIG", raising=False)
+    # Logging is configured by the CLI onto this test's captured stderr, which closes with the test.
+    monkeypatch.setattr(cli, "configure_logs", lambda *_args, **_kwargs: None)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"policy": policy}))
 
-    assert main(["--config", str(path), "check-config"]) == 0
+    assert cli.main(["--config", str(path), "check-config"]) == 0
     err = capsys.readouterr().err
     assert ("policy.grace_period + policy.retention" in err) is warned, err
     if warned:

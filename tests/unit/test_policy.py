@@ -2,7 +2,8 @@
 
 The table below walks every branch of SPEC "Key lifecycle, precisely" and "The guard"; the hypothesis
 properties at the end check the invariants the policy alone is responsible for (I1's slot count, I3's
-in-flight window, I4, I5, and "foreign keys are never touched") over random states and clock positions.
+in-flight window, I4, I5, I9's "a key whose owner is not proven is never touched") over random states and
+clock positions.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from rotator.model import (
     TAG_MANAGED,
     TAG_PREVIOUS_KEY,
     TAG_PUBLISHED_AT,
+    TAG_USER,
     USER_TAG_ROTATION_KEYS,
     USER_TAG_ROTATION_STARTED,
     AccessKey,
@@ -39,6 +41,7 @@ from rotator.model import (
     Upcoming,
     UserPlan,
     UserState,
+    own_tag,
     version_id_for,
 )
 from rotator.policy import classify, decide, decide_forced, repairs_needed
@@ -60,6 +63,11 @@ STRAY = "AKIASTRAY00000000001"
 NEW = "AKIANEW0000000000001"
 PEND = "AKIAPENDING000000001"
 GONE = "AKIADELETED000000001"
+SECOND = "AKIANEW0000000000002"
+TRAILED = "AKIACLOUDTRAILOWN001"
+DISOWNED = "AKIACLOUDTRAILFOR001"
+UNRECORDED = "AKIAUNRECORDED000001"
+UNRECORDED_OFF = "AKIAUNRECORDED000002"
 
 MAX_KEY_AGE = timedelta(days=90)
 GRACE = timedelta(days=7)
@@ -104,6 +112,8 @@ def secret(
     tags: Mapping[str, str] | None = None,
     *,
     managed: bool = True,
+    version_users: Mapping[str, str] | None = None,
+    deleted: bool = False,
 ) -> SecretState:
     """An existing secret whose labelled versions hold the given keys (ids as the rotator writes them)."""
     versions: dict[str, tuple[str, ...]] = {}
@@ -123,6 +133,8 @@ def secret(
         versions=versions,
         version_keys=version_keys,
         tags=all_tags,
+        version_users=dict(version_users or {}),
+        deleted=deleted,
     )
 
 
@@ -141,12 +153,21 @@ def disabled(key_id: str, when: datetime) -> dict[str, str]:
     return {TAG_DISABLED_KEY: key_id, TAG_DISABLED_AT: when.isoformat()}
 
 
-def started(when: datetime, *existing: str) -> dict[str, str]:
-    """The user tags a rotation writes right before CreateAccessKey (with the keys that exist then)."""
+def started(when: datetime, *existing: str, own: Sequence[str] = ()) -> dict[str, str]:
+    """The user tags a rotation writes right before CreateAccessKey (with the keys that exist then).
+
+    ``own``: the keys whose ownership record (``rotator:own:<id>``) runs wrote after CreateAccessKey.
+    """
     tags = {USER_TAG_ROTATION_STARTED: when.isoformat()}
     if existing:
         tags[USER_TAG_ROTATION_KEYS] = " ".join(existing)
+    tags.update(recorded(*own, when=when))
     return tags
+
+
+def recorded(*key_ids: str, when: datetime = T0) -> dict[str, str]:
+    """The ownership records a run writes on the user right after CreateAccessKey returned ``key_ids``."""
+    return {own_tag(key_id): when.isoformat() for key_id in key_ids}
 
 
 def user(
@@ -154,6 +175,7 @@ def user(
     secret: SecretState = NO_SECRET,
     tags: Mapping[str, str] | None = None,
     secret_name_error: str | None = None,
+    creators: Mapping[str, bool] | None = None,
 ) -> UserState:
     return UserState(
         account="123456789012",
@@ -162,6 +184,7 @@ def user(
         keys=keys,
         secret=secret,
         secret_name_error=secret_name_error,
+        creators=dict(creators or {}),
     )
 
 
@@ -199,7 +222,10 @@ def retired_previous(disabled_at: datetime) -> UserState:
 
 @dataclass(frozen=True)
 class Expect:
-    """A step as the table writes it: action, key, a fragment of the reason, and the flags."""
+    """A step as the table writes it: action, key, a fragment of the reason, and the flags.
+
+    ``problem`` is checked only where the table says (``None``: not checked); the other flags always.
+    """
 
     action: Action
     key_id: str | None
@@ -207,6 +233,8 @@ class Expect:
     due_at: datetime | None = None
     loud: bool = False
     resume: bool = False
+    problem: bool | None = None
+    unproven: bool = False
 
     def matches(self, step: Step) -> bool:
         return (
@@ -216,6 +244,8 @@ class Expect:
             and (self.due_at is None or step.due_at == self.due_at)
             and step.loud == self.loud
             and step.resume == self.resume
+            and (self.problem is None or step.problem == self.problem)
+            and step.unproven == self.unproven
         )
 
 
@@ -230,14 +260,33 @@ class Case:
 
 
 def assert_steps(plan: UserPlan, expected: Sequence[Expect]) -> None:
-    described = [(s.action.value, s.key_id, s.reason, s.due_at, s.loud, s.resume) for s in plan.steps]
+    described = [
+        (s.action.value, s.key_id, s.reason, s.due_at, s.loud, s.resume, s.problem, s.unproven) for s in plan.steps
+    ]
     assert len(plan.steps) == len(expected), described
     for step, expect in zip(plan.steps, expected, strict=True):
         assert expect.matches(step), (expect, described)
 
 
-def skip(key_id: str | None, reason: str, *, due_at: datetime | None = None) -> Expect:
-    return Expect(Action.SKIP, key_id, reason, due_at)
+def skip(
+    key_id: str | None,
+    reason: str,
+    *,
+    due_at: datetime | None = None,
+    problem: bool | None = None,
+    unproven: bool = False,
+) -> Expect:
+    return Expect(Action.SKIP, key_id, reason, due_at, problem=problem, unproven=unproven)
+
+
+def problem(reason: str) -> Expect:
+    """The single skip of a user the rotator may not touch (the sweep fails for it)."""
+    return skip(None, reason, problem=True)
+
+
+def unproven(key_id: str, *, due_at: datetime | None = None) -> Expect:
+    """The loud report of an unrecorded key near the intent mark, past its in-flight window."""
+    return skip(key_id, "ownership unproven", due_at=due_at, problem=True, unproven=True)
 
 
 def rotate(key_id: str | None, reason: str = "", *, due_at: datetime | None = None, resume: bool = False) -> Expect:
@@ -268,12 +317,20 @@ PENDING = key(PEND, created=MARK + timedelta(seconds=5))
 PENDING_DUE = PENDING.created + WINDOW
 
 
-def in_flight_user(*extra: AccessKey, pending: str | None = None, mark: datetime = MARK) -> UserState:
+def in_flight_user(
+    *extra: AccessKey,
+    pending: str | None = None,
+    mark: datetime = MARK,
+    own: Sequence[str] = (),
+    creators: Mapping[str, bool] | None = None,
+) -> UserState:
+    """CUR current (and overdue at ``MARK``), a rotation marked at ``mark``, ``own`` keys recorded as its own."""
     return user(
         CURRENT,
         *extra,
         secret=secret(current=CUR, pending=pending, tags=PUBLISHED_AT_T0),
-        tags=started(mark),
+        tags=started(mark, own=own),
+        creators=creators,
     )
 
 
@@ -283,7 +340,7 @@ CASES = [
         Case(
             user(key(OLD), secret_name_error="name too long"),
             T0,
-            [skip(None, "cannot form a secret name: name too long")],
+            [problem("cannot form a secret name: name too long")],
         ),
         id="secret-name-error-skips",
     ),
@@ -291,9 +348,63 @@ CASES = [
         Case(
             user(key(OLD, created=at(days=-400)), secret=secret(current=OLD, managed=False)),
             T0,
-            [skip(None, "not written by the rotator")],
+            [problem("not written by the rotator")],
         ),
         id="unmanaged-secret-skips",
+    ),
+    # -- a secret that holds another user's keys, or is being deleted ----------------------------------
+    pytest.param(
+        Case(
+            user(CURRENT, secret=secret(current=CUR, tags={**PUBLISHED_AT_T0, TAG_USER: "bob"})),
+            ROTATION_DUE,
+            [problem(f"secret {SECRET_NAME} holds the keys of user bob")],
+        ),
+        id="secret-tagged-for-another-user-skips",
+    ),
+    pytest.param(
+        Case(
+            user(CURRENT, secret=secret(current=CUR, version_users={version_id_for(CUR): "bob"})),
+            ROTATION_DUE,
+            [problem("holds the keys of user bob")],
+        ),
+        id="secret-whose-current-version-names-another-user-skips",
+    ),
+    pytest.param(
+        Case(
+            user(
+                CURRENT,
+                PREVIOUS,
+                secret=secret(
+                    current=CUR, previous=PRE, tags=PUBLISHED_AT_T0, version_users={version_id_for(PRE): "bob"}
+                ),
+            ),
+            DISABLE_DUE,
+            [disable(PRE, "past grace period")],
+        ),
+        id="secret-owner-is-read-from-the-current-version-only",
+    ),
+    pytest.param(
+        Case(
+            user(
+                CURRENT,
+                secret=secret(
+                    current=CUR,
+                    tags={**PUBLISHED_AT_T0, TAG_USER: "alice"},
+                    version_users={version_id_for(CUR): "bob"},
+                ),
+            ),
+            ROTATION_DUE,
+            [rotate(CUR, "max_key_age")],
+        ),
+        id="secret-owner-tag-of-this-user-wins-over-the-version",
+    ),
+    pytest.param(
+        Case(
+            user(CURRENT, secret=secret(current=CUR, tags=PUBLISHED_AT_T0, deleted=True)),
+            ROTATION_DUE,
+            [problem(f"secret {SECRET_NAME} is scheduled for deletion")],
+        ),
+        id="secret-scheduled-for-deletion-skips",
     ),
     # -- bootstrap: no secret yet ---------------------------------------------------------------------
     pytest.param(
@@ -556,16 +667,16 @@ CASES = [
     # -- rotations in flight and their leftovers (I3) ----------------------------------------------------
     pytest.param(
         Case(
-            in_flight_user(ORPHAN),
+            in_flight_user(ORPHAN, own=[NEW]),
             ORPHAN.created + timedelta(seconds=60),
-            [skip(NEW, "rotation in flight", due_at=ORPHAN_DUE)],
+            [skip(NEW, "rotation in flight: new key not stored yet", due_at=ORPHAN_DUE, problem=False)],
             upcoming=[Upcoming(Action.CLEANUP, NEW, ORPHAN_DUE)],
         ),
         id="orphan-within-window-is-in-flight-nothing-else",
     ),
     pytest.param(
         Case(
-            in_flight_user(ORPHAN),
+            in_flight_user(ORPHAN, own=[NEW]),
             ORPHAN_DUE,
             [cleanup(NEW, "orphan", due_at=ORPHAN_DUE), rotate(CUR, "max_key_age")],
         ),
@@ -573,7 +684,7 @@ CASES = [
     ),
     pytest.param(
         Case(
-            user(CURRENT, ORPHAN, secret=secret(current=CUR, tags=PUBLISHED_AT_T0), tags=started(MARK)),
+            user(CURRENT, ORPHAN, secret=secret(current=CUR, tags=PUBLISHED_AT_T0), tags=started(MARK, own=[NEW])),
             ORPHAN_DUE,
             [cleanup(NEW, "orphan")],
             policy=policy(max_key_age=timedelta(days=365)),
@@ -582,7 +693,7 @@ CASES = [
     ),
     pytest.param(
         Case(
-            in_flight_user(key(NEW, INACTIVE, created=MARK)),
+            in_flight_user(key(NEW, INACTIVE, created=MARK), own=[NEW]),
             MARK + WINDOW,
             [cleanup(NEW, "orphan"), rotate(CUR)],
         ),
@@ -606,11 +717,209 @@ CASES = [
     ),
     pytest.param(
         Case(
-            user(key(OLD, created=MARK - timedelta(seconds=60)), ORPHAN, tags=started(MARK, OLD)),
+            user(key(OLD, created=MARK - timedelta(seconds=60)), ORPHAN, tags=started(MARK, OLD, own=[NEW])),
             ORPHAN_DUE,
             [cleanup(NEW, "orphan"), rotate(OLD, "bootstrap")],
         ),
         id="key-that-existed-before-the-mark-is-never-the-orphan",
+    ),
+    # -- ownership: only a record or CloudTrail proves a key the rotator's (I3, I9) -----------------------
+    pytest.param(
+        Case(
+            in_flight_user(ORPHAN),
+            ORPHAN.created + timedelta(seconds=60),
+            [skip(NEW, "rotation in flight: new key not recorded yet", due_at=ORPHAN_DUE, problem=False)],
+            upcoming=[],  # no cleanup is ever scheduled for it
+        ),
+        id="unrecorded-key-near-mark-within-window-is-in-flight-nothing-else",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(ORPHAN),
+            ORPHAN_DUE,
+            [unproven(NEW, due_at=ORPHAN_DUE), skip(CUR, "rotation due but no free key slot", due_at=ROTATION_DUE)],
+            upcoming=[Upcoming(Action.ROTATE, CUR, ROTATION_DUE)],
+        ),
+        id="unrecorded-key-near-mark-past-window-unproven-and-holds-the-slot",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(ORPHAN),
+            ORPHAN_DUE + timedelta(days=365),
+            [unproven(NEW, due_at=ORPHAN_DUE), skip(CUR, "no free key slot")],
+        ),
+        id="unrecorded-key-near-mark-never-cleaned-however-late",
+    ),
+    pytest.param(
+        Case(
+            user(CURRENT, ORPHAN, secret=secret(current=CUR, tags=PUBLISHED_AT_T0), tags=started(MARK)),
+            ORPHAN_DUE,
+            [unproven(NEW, due_at=ORPHAN_DUE)],
+            policy=policy(max_key_age=timedelta(days=365)),
+            upcoming=[Upcoming(Action.ROTATE, CUR, T0 + timedelta(days=365))],
+        ),
+        id="unrecorded-key-near-mark-reported-beside-a-young-current-key",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(key(NEW, created=MARK - VALIDATION_TIMEOUT)),
+            MARK + WINDOW,
+            [unproven(NEW), skip(CUR, "no free key slot")],
+        ),
+        id="unrecorded-key-exactly-validation-timeout-before-mark-is-unproven",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(key(FOREIGN, created=MARK + VALIDATION_TIMEOUT + timedelta(seconds=1))),
+            MARK + WINDOW * 2,
+            [skip(FOREIGN, "foreign", problem=False), skip(CUR, f"no free key slot (held by {FOREIGN})")],
+        ),
+        id="unrecorded-key-just-outside-validation-timeout-is-foreign",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(ORPHAN, own=[SECOND]),
+            ORPHAN_DUE,
+            [unproven(NEW), skip(CUR, "no free key slot")],
+        ),
+        id="another-keys-record-proves-nothing",
+    ),
+    pytest.param(
+        Case(
+            user(
+                CURRENT,
+                key(NEW, created=at(days=50)),
+                secret=secret(current=CUR, tags=PUBLISHED_AT_T0),
+                tags=recorded(NEW),
+            ),
+            ROTATION_DUE,
+            [cleanup(NEW, "orphan", due_at=at(days=50) + WINDOW), rotate(CUR, "max_key_age")],
+        ),
+        id="record-proves-an-orphan-without-any-mark",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(ORPHAN, creators={NEW: True}),
+            ORPHAN.created + timedelta(seconds=60),
+            [skip(NEW, "rotation in flight: new key not stored yet", due_at=ORPHAN_DUE)],
+            upcoming=[Upcoming(Action.CLEANUP, NEW, ORPHAN_DUE)],
+        ),
+        id="cloudtrail-proven-orphan-within-window-is-in-flight",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(ORPHAN, creators={NEW: True}),
+            ORPHAN_DUE,
+            [cleanup(NEW, "orphan", due_at=ORPHAN_DUE), rotate(CUR, "max_key_age")],
+        ),
+        id="cloudtrail-names-the-rotator-orphan-cleaned",
+    ),
+    pytest.param(
+        Case(
+            user(
+                CURRENT,
+                key(NEW, created=at(days=50)),
+                secret=secret(current=CUR, tags=PUBLISHED_AT_T0),
+                creators={NEW: True},
+            ),
+            ROTATION_DUE,
+            [cleanup(NEW, "orphan"), rotate(CUR, "max_key_age")],
+        ),
+        id="cloudtrail-proves-an-orphan-without-any-mark",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(ORPHAN, creators={NEW: False}),
+            ORPHAN.created + timedelta(seconds=60),
+            [skip(NEW, "foreign"), skip(CUR, f"no free key slot (held by {NEW})")],
+        ),
+        id="cloudtrail-names-another-creator-foreign-even-within-window",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(ORPHAN, creators={NEW: False}),
+            ORPHAN_DUE,
+            [skip(NEW, "foreign", problem=False), skip(CUR, f"no free key slot (held by {NEW})")],
+        ),
+        id="cloudtrail-names-another-creator-foreign-past-window",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(key(NEW, INACTIVE, created=ORPHAN.created), creators={NEW: False}),
+            ORPHAN_DUE,
+            [delete(NEW, "inactive key tracked by no secret: frees a key slot"), rotate(CUR, "max_key_age")],
+        ),
+        id="cloudtrail-names-another-creator-inactive-is-a-stray",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(key(NEW, INACTIVE, created=ORPHAN.created)),
+            ORPHAN_DUE,
+            [delete(NEW, "inactive key tracked by no secret: frees a key slot"), rotate(CUR, "max_key_age")],
+        ),
+        id="unrecorded-inactive-key-near-mark-is-a-stray-not-an-orphan",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(key(NEW, INACTIVE, created=ORPHAN.created)),
+            ORPHAN_DUE,
+            [],
+            policy=policy(max_key_age=timedelta(days=365)),
+        ),
+        id="unrecorded-inactive-key-near-mark-kept-while-no-slot-is-needed",
+    ),
+    pytest.param(
+        Case(
+            user(
+                key(NEW, created=MARK + timedelta(seconds=5)),
+                key(SECOND, created=MARK + timedelta(seconds=7)),
+                tags=started(MARK, own=[NEW, SECOND]),
+            ),
+            MARK + timedelta(seconds=60),
+            [skip(NEW, "rotation in flight"), skip(SECOND, "rotation in flight")],
+            upcoming=[
+                Upcoming(Action.CLEANUP, NEW, MARK + timedelta(seconds=5) + WINDOW),
+                Upcoming(Action.CLEANUP, SECOND, MARK + timedelta(seconds=7) + WINDOW),
+            ],
+        ),
+        id="two-concurrent-runs-records-both-in-flight",
+    ),
+    pytest.param(
+        Case(
+            user(
+                key(NEW, created=MARK + timedelta(seconds=5)),
+                key(SECOND, created=MARK + timedelta(seconds=7)),
+                tags=started(MARK, own=[NEW, SECOND]),
+            ),
+            MARK + timedelta(seconds=5) + WINDOW,
+            [cleanup(NEW, "orphan"), skip(SECOND, "rotation in flight: new key not stored yet")],
+        ),
+        id="two-concurrent-runs-records-each-cleaned-after-its-own-window",
+    ),
+    pytest.param(
+        Case(
+            user(
+                key(NEW, created=MARK + timedelta(seconds=5)),
+                key(SECOND, created=MARK + timedelta(seconds=7)),
+                tags=started(MARK, own=[NEW, SECOND]),
+            ),
+            MARK + timedelta(seconds=7) + WINDOW,
+            [cleanup(NEW, "orphan"), cleanup(SECOND, "orphan"), rotate(None, "no secret")],
+        ),
+        id="two-concurrent-runs-records-both-orphans",
+    ),
+    pytest.param(
+        Case(
+            user(
+                key(NEW, created=MARK + timedelta(seconds=5)),
+                key(SECOND, created=MARK + timedelta(seconds=7)),
+                secret=secret(current=NEW, tags=published(NEW, MARK + timedelta(seconds=30))),
+                tags=started(MARK, own=[NEW, SECOND]),
+            ),
+            MARK + timedelta(seconds=7) + WINDOW,
+            [cleanup(SECOND, "orphan")],
+        ),
+        id="concurrent-loser-orphan-cleaned-beside-the-published-winner",
     ),
     pytest.param(
         Case(
@@ -618,7 +927,7 @@ CASES = [
                 ORPHAN,
                 key(PEND, created=MARK - timedelta(days=1)),
                 secret=secret(current=GONE, pending=PEND),
-                tags=started(MARK),
+                tags=started(MARK, own=[NEW]),
             ),
             ORPHAN.created + timedelta(seconds=60),
             [skip(NEW, "in flight"), skip(PEND, "pending version not published yet")],
@@ -641,6 +950,23 @@ CASES = [
             [rotate(PEND, "resume interrupted rotation", due_at=PENDING_DUE, resume=True)],
         ),
         id="pending-version-past-window-resumed",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(key(PEND, INACTIVE, created=PENDING.created), pending=PEND),
+            PENDING.created + timedelta(seconds=30),
+            [skip(PEND, "pending version not published yet", due_at=PENDING_DUE)],
+        ),
+        id="disabled-pending-key-within-window-waits",
+    ),
+    pytest.param(
+        Case(
+            in_flight_user(key(PEND, INACTIVE, created=PENDING.created), pending=PEND),
+            PENDING_DUE,
+            [cleanup(PEND, "pending key was disabled before publication: rotation abandoned", due_at=PENDING_DUE)],
+            upcoming=[],
+        ),
+        id="disabled-pending-key-past-window-abandoned-nothing-else",
     ),
     pytest.param(
         Case(
@@ -723,11 +1049,32 @@ FORCED_CASES = [
     pytest.param(user(key(OLD)), False, at(days=1), [rotate(OLD, "forced")], id="bootstrap-one-key"),
     pytest.param(user(), False, at(days=1), [rotate(None, "forced")], id="bootstrap-no-key"),
     pytest.param(
-        in_flight_user(key(NEW, created=MARK)),
+        in_flight_user(key(NEW, created=MARK), own=[NEW]),
         False,
         MARK + WINDOW,
         [cleanup(NEW, "orphan"), rotate(CUR, "forced")],
         id="orphan-past-window-cleaned-first",
+    ),
+    pytest.param(
+        in_flight_user(key(NEW, created=MARK), creators={NEW: True}),
+        False,
+        MARK + WINDOW,
+        [cleanup(NEW, "orphan"), rotate(CUR, "forced")],
+        id="cloudtrail-proven-orphan-cleaned-first",
+    ),
+    pytest.param(
+        user(key(NEW, created=MARK), key(SECOND, created=MARK), tags=started(MARK, own=[NEW, SECOND])),
+        False,
+        MARK + WINDOW,
+        [cleanup(NEW, "orphan"), cleanup(SECOND, "orphan"), rotate(None, "forced")],
+        id="two-concurrent-runs-orphans-cleaned-first",
+    ),
+    pytest.param(
+        in_flight_user(key(NEW, INACTIVE, created=MARK)),
+        False,
+        MARK + WINDOW,
+        [delete(NEW, "frees a key slot"), rotate(CUR, "forced")],
+        id="unrecorded-inactive-key-near-mark-is-a-stray",
     ),
 ]
 
@@ -754,7 +1101,7 @@ FORCED_REFUSALS = [
         user(key(OLD), secret_name_error="bad"), False, at(days=1), "cannot form a secret name", id="bad-name"
     ),
     pytest.param(
-        in_flight_user(ORPHAN),
+        in_flight_user(ORPHAN, own=[NEW]),
         True,
         ORPHAN.created + timedelta(seconds=1),
         "in flight",
@@ -774,6 +1121,55 @@ FORCED_REFUSALS = [
         at(days=1),
         f"no free key slot (held by {FOREIGN})",
         id="foreign",
+    ),
+    pytest.param(
+        in_flight_user(ORPHAN),
+        True,
+        ORPHAN.created + timedelta(seconds=1),
+        f"a rotation is in flight (key {NEW})",
+        id="unrecorded-key-near-mark-in-flight",
+    ),
+    pytest.param(
+        in_flight_user(ORPHAN),
+        True,
+        ORPHAN_DUE + timedelta(days=1),
+        f"key {NEW} of an interrupted rotation holds a slot and its owner is unproven",
+        id="unrecorded-key-near-mark-holds-the-slot",
+    ),
+    pytest.param(
+        in_flight_user(ORPHAN, creators={NEW: False}),
+        True,
+        ORPHAN_DUE,
+        f"no free key slot (held by {NEW})",
+        id="cloudtrail-names-another-creator",
+    ),
+    pytest.param(
+        in_flight_user(key(PEND, INACTIVE, created=PENDING.created), pending=PEND),
+        True,
+        PENDING_DUE,
+        "in flight",
+        id="disabled-pending",
+    ),
+    pytest.param(
+        user(CURRENT, secret=secret(current=CUR, tags={TAG_USER: "bob"})),
+        True,
+        at(days=1),
+        f"secret {SECRET_NAME} holds the keys of user bob",
+        id="secret-tagged-for-another-user",
+    ),
+    pytest.param(
+        user(CURRENT, secret=secret(current=CUR, version_users={version_id_for(CUR): "bob"})),
+        False,
+        at(days=1),
+        "holds the keys of user bob",
+        id="secret-whose-current-version-names-another-user",
+    ),
+    pytest.param(
+        user(CURRENT, secret=secret(current=CUR, deleted=True)),
+        True,
+        at(days=1),
+        "scheduled for deletion",
+        id="secret-scheduled-for-deletion",
     ),
 ]
 
@@ -827,16 +1223,23 @@ def test_repairs_needed(state: UserState, expected: RepairNeeded) -> None:
 
 
 def test_classify_sorts_every_role() -> None:
+    near_mark = MARK + timedelta(seconds=10)
     state = user(
         CURRENT,
         key(OLD),  # replaced by a bootstrap: named only by the publication tags
         key(PEND),
-        key(NEW, created=MARK),
+        key(NEW, created=MARK),  # recorded as the rotator's own
+        key(TRAILED, created=at(days=-30)),  # far from any mark, but CloudTrail names the rotator
+        key(UNRECORDED, created=near_mark),  # near the mark, no record, no verdict: perhaps ours
         key(OTHER, created=MARK - timedelta(seconds=30)),  # near the mark, but existed before it
+        key(DISOWNED, created=near_mark),  # near the mark, but CloudTrail names another creator
         key(FOREIGN, created=at(days=-1)),
         key(STRAY, INACTIVE),
+        key(UNRECORDED_OFF, INACTIVE, created=near_mark),  # near the mark, no record, inactive
         secret=secret(current=CUR, pending=PEND, tags=published(CUR, T0, previous=OLD)),
-        tags=started(MARK, CUR, OLD, PEND, OTHER),
+        # A record left on the published key (crash before it was removed) changes nothing.
+        tags=started(MARK, CUR, OLD, PEND, OTHER, own=[NEW, CUR, GONE]),
+        creators={TRAILED: True, DISOWNED: False},
     )
 
     roles = classify(state, policy())
@@ -844,9 +1247,10 @@ def test_classify_sorts_every_role() -> None:
     assert roles.current == CURRENT
     assert roles.previous == key(OLD)
     assert roles.pending == key(PEND)
-    assert [k.key_id for k in roles.orphans] == [NEW]
-    assert [k.key_id for k in roles.foreign] == [OTHER, FOREIGN]
-    assert [k.key_id for k in roles.strays] == [STRAY]
+    assert [k.key_id for k in roles.orphans] == [NEW, TRAILED]
+    assert [k.key_id for k in roles.unproven] == [UNRECORDED]
+    assert [k.key_id for k in roles.foreign] == [OTHER, DISOWNED, FOREIGN]
+    assert [k.key_id for k in roles.strays] == [STRAY, UNRECORDED_OFF]
 
 
 def test_classify_a_key_in_two_stages_plays_the_current_role_only() -> None:
@@ -1068,6 +1472,15 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             tags[TAG_PUBLISHED_AT] = stamp()
         if often(7):
             tags[TAG_DISABLED_AT] = stamp()
+        # Whose keys the secret holds: its tag, or the user a resolved AWSCURRENT version names (a
+        # name template that maps two users onto one secret, or a secret copied by hand).
+        if often(2):
+            tags[TAG_USER] = draw(st.sampled_from(("alice", "alice", "alice", "bob", "")))
+        version_users = (
+            {draw(st.sampled_from(sorted(versions))): draw(st.sampled_from(("alice", "alice", "bob")))}
+            if versions and often(2)
+            else {}
+        )
         state_secret = SecretState(
             name=SECRET_NAME,
             exists=True,
@@ -1075,6 +1488,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             versions=versions,
             version_keys=version_keys,
             tags=tags,
+            version_users=version_users,
+            deleted=draw(st.integers(0, 19)) == 0,
         )
 
     user_tags: dict[str, str] = {}
@@ -1087,12 +1502,17 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         if often(5):
             # Newer runs also name the keys that existed before their CreateAccessKey.
             user_tags[USER_TAG_ROTATION_KEYS] = " ".join(k.key_id for k in keys if often(5))
+    # Ownership records: a run's new key, a published key's record a crash left behind, a deleted key's.
+    user_tags.update({own_tag(key_id): stamp() for key_id in ids if often(2)})
+    # CloudTrail's verdict on some keys (the inventory asks only for unproven ones; any may carry one).
+    creators = {key_id: draw(st.booleans()) for key_id in ids if often(2)}
 
     state = user(
         *keys,
         secret=state_secret,
         tags=user_tags,
         secret_name_error=None if often(9) else "name too long",
+        creators=creators,
     )
     effective = EffectivePolicy(
         max_key_age=duration(),
@@ -1125,30 +1545,66 @@ def tracked_previous_id(state: UserState) -> str | None:
     return previous if previous != current and state.key(previous) is not None else None
 
 
-def provable_orphan(state: UserState, policy_: EffectivePolicy, candidate: AccessKey) -> bool:
+def held_keys(state: UserState) -> frozenset[str]:
+    return state.secret.referenced_keys if state.secret.exists else frozenset()
+
+
+def unreferenced(state: UserState, candidate: AccessKey) -> bool:
+    """No secret version holds it and it is not the tracked previous key."""
+    return candidate.key_id not in held_keys(state) and candidate.key_id != tracked_previous_id(state)
+
+
+def proven_own(state: UserState, candidate: AccessKey) -> bool:
+    """The only proofs that the rotator created a key: its record on the user, or CloudTrail's word.
+
+    A key created near the ``rotator:rotation-started`` mark is *not* proven: an operator may have
+    created it in the same minute.
+    """
+    return own_tag(candidate.key_id) in state.tags or state.creators.get(candidate.key_id) is True
+
+
+def provable_orphan(state: UserState, candidate: AccessKey) -> bool:
+    return unreferenced(state, candidate) and proven_own(state, candidate)
+
+
+def ownership_candidate(state: UserState, policy_: EffectivePolicy, candidate: AccessKey) -> bool:
+    """Unreferenced, unproven, active, without CloudTrail verdict, created near the mark and not listed
+    by it as pre-existing: perhaps the rotator's key whose record a crash lost (SPEC I9: reported)."""
     mark = state.rotation_started
-    held = state.secret.referenced_keys if state.secret.exists else frozenset()
     existed_before_mark = state.tags.get(USER_TAG_ROTATION_KEYS, "").split()
     return (
-        mark is not None
-        and candidate.key_id not in held
-        and candidate.key_id != tracked_previous_id(state)
+        candidate.active
+        and unreferenced(state, candidate)
+        and not proven_own(state, candidate)
+        and candidate.key_id not in state.creators
+        and mark is not None
         and candidate.key_id not in existed_before_mark
         and abs(candidate.created - mark) <= policy_.validation_timeout
     )
 
 
-def foreign_ids(state: UserState, policy_: EffectivePolicy) -> set[str]:
-    """Active keys no version holds, not the tracked previous key, and not provably the rotator's."""
-    held = state.secret.referenced_keys if state.secret.exists else frozenset()
-    return {
-        k.key_id
-        for k in state.keys
-        if k.active
-        and k.key_id not in held
-        and k.key_id != tracked_previous_id(state)
-        and not provable_orphan(state, policy_, k)
-    }
+def foreign_ids(state: UserState) -> set[str]:
+    """Active keys no version holds, not the tracked previous key, and not proven the rotator's own
+    (the unproven ones included: they are never touched either)."""
+    return {k.key_id for k in state.keys if k.active and unreferenced(state, k) and not proven_own(state, k)}
+
+
+def foreign_owner(state: UserState) -> str | None:
+    """Another user the secret says its keys belong to (its tag first, else its AWSCURRENT version)."""
+    secret_ = state.secret
+    if not secret_.exists:
+        return None
+    current_version = next((v for v, stages in secret_.versions.items() if AWSCURRENT in stages), None)
+    owner = secret_.tags.get(TAG_USER) or (secret_.version_users.get(current_version) if current_version else None)
+    return owner if owner and owner != state.user else None
+
+
+def untouchable(state: UserState) -> bool:
+    """I6 and the secret checks: the user is reported with a single problem, nothing else is planned."""
+    secret_ = state.secret
+    return bool(
+        state.secret_name_error or (secret_.exists and not secret_.managed) or foreign_owner(state) or secret_.deleted
+    )
 
 
 def assert_safe(scenario: Scenario, plan: UserPlan) -> None:
@@ -1161,23 +1617,42 @@ def assert_safe(scenario: Scenario, plan: UserPlan) -> None:
     # I4: the key consumers read from AWSCURRENT is never disabled or deleted.
     current = current_key_id(state)
     assert current is None or all(s.key_id != current for s in removals)
-    # Foreign keys are reported, never touched.
-    assert not foreign_ids(state, policy_) & {s.key_id for s in removals}
-    # I3: cleanup deletes only the rotator's own keys, and only after the in-flight window.
+    # I9: active keys the rotator cannot prove its own (foreign and unproven alike) are never touched.
+    assert not foreign_ids(state) & {s.key_id for s in removals}
+    # I9 and SPEC "a rotation needs a free key slot": a key neither referenced nor proven the
+    # rotator's leaves only as an inactive stray deleted to free the slot of the rotation the plan
+    # ends with - and no more of them than that rotation needs (exactly one slot is left for it).
+    strays_deleted = 0
+    for step in removals:
+        target = state.key(step.key_id)
+        assert target is not None
+        if unreferenced(state, target) and not proven_own(state, target):
+            assert not target.active and step.action is Action.DELETE, step
+            assert "frees a key slot" in step.reason, step
+            assert plan.steps[-1].action is Action.ROTATE and not plan.steps[-1].resume, plan.steps
+            strays_deleted += 1
+    if strays_deleted:
+        assert len(state.keys) - len(removals) == 1, plan.steps
+    # I3: cleanup deletes only the rotator's own keys, and only after the in-flight window: an orphan
+    # proven by its record or by CloudTrail, or the key of its own pending version that was disabled
+    # before publication (abandoned).
     for step in plan.steps:
         if step.action is Action.CLEANUP:
-            orphan = state.key(step.key_id)
-            assert orphan is not None and provable_orphan(state, policy_, orphan)
-            assert scenario.now >= orphan.created + policy_.in_flight_window
+            target = state.key(step.key_id)
+            assert target is not None
+            abandoned = step.key_id == pending_key_id(state) and not target.active
+            assert provable_orphan(state, target) or abandoned, step
+            assert scenario.now >= target.created + policy_.in_flight_window
     # I1 and I8: one new key at most, and never a third key.
     assert len(rotations) <= 1
     created = sum(1 for s in rotations if not s.resume)
     assert len(state.keys) - len(removals) + created <= 2
     # A rotation is the last thing planned: the executor re-decides after it.
     assert not rotations or plan.steps[-1] is rotations[0]
-    # I8: while another run may be mid-rotation nothing but the cleanup of older orphans (past their
-    # window, I3) is done, and no second key is created beside a pending one.
-    if in_flight_orphans(scenario):
+    # I8: while another run may be mid-rotation (a recorded key or an unrecorded candidate within its
+    # window) nothing but the cleanup of older orphans (past their window, I3) is done, and no second
+    # key is created beside a pending one.
+    if in_flight_keys(scenario):
         assert not [s for s in plan.steps if s.mutating and s.action is not Action.CLEANUP], plan.steps
     if pending_key_id(state) is not None:
         assert created == 0
@@ -1188,27 +1663,50 @@ def pending_key_id(state: UserState) -> str | None:
     return pending if state.key(pending) is not None and pending != current_key_id(state) else None
 
 
-def in_flight_orphans(scenario: Scenario) -> list[AccessKey]:
+def in_flight_keys(scenario: Scenario) -> list[AccessKey]:
+    """Keys another run may still be storing: proven orphans and ownership candidates in their window."""
     state, policy_ = scenario.state, scenario.policy
     return [
         k
         for k in state.keys
-        if provable_orphan(state, policy_, k) and scenario.now < k.created + policy_.in_flight_window
+        if (provable_orphan(state, k) or ownership_candidate(state, policy_, k))
+        and scenario.now < k.created + policy_.in_flight_window
     ]
 
 
 def assert_live(scenario: Scenario, plan: UserPlan) -> None:
     """Users the rotator may not touch get one explanation; a broken or overdue key is never ignored."""
     state, now = scenario.state, scenario.now
-    if state.secret_name_error or (state.secret.exists and not state.secret.managed):
-        # I6: reported, nothing else.
-        assert [(s.action, s.key_id) for s in plan.steps] == [(Action.SKIP, None)]
+    if untouchable(state):
+        # I6, another user's secret, a secret being deleted: reported as a problem, nothing else.
+        assert [(s.action, s.key_id, s.problem) for s in plan.steps] == [(Action.SKIP, None, True)], plan.steps
         return
     current = state.key(current_key_id(state))
     overdue = current is not None and now >= current.created + scenario.policy.max_key_age
     if not state.secret.exists or current is None or not current.active or overdue:
         # I2's policy half: the plan rotates, or says why it cannot.
         assert {s.action for s in plan.steps} & {Action.ROTATE, Action.SKIP}, plan.steps
+
+
+def assert_unproven_reported(scenario: Scenario, plan: UserPlan) -> None:
+    """I9/I10: a key whose owner is not proven is left alone, "in flight" within its window and
+    loudly "ownership unproven" (a problem) past it - never cleaned up, however late."""
+    state, policy_, now = scenario.state, scenario.policy, scenario.now
+    flagged = {s.key_id for s in plan.steps if s.unproven}
+    if untouchable(state):
+        assert not flagged
+        return
+    candidates = [k for k in state.keys if ownership_candidate(state, policy_, k)]
+    past_window = {k.key_id for k in candidates if now >= k.created + policy_.in_flight_window}
+    assert flagged == past_window, plan.steps
+    for candidate in candidates:
+        about = [s for s in plan.steps if s.key_id == candidate.key_id]
+        if now < candidate.created + policy_.in_flight_window:
+            assert [(s.action, s.problem, s.unproven) for s in about] == [(Action.SKIP, False, False)], about
+            assert "rotation in flight" in about[0].reason
+        else:
+            assert [(s.action, s.problem, s.unproven) for s in about] == [(Action.SKIP, True, True)], about
+            assert about[0].reason.startswith("ownership unproven")
 
 
 def assert_lifecycle_respected(scenario: Scenario, plan: UserPlan) -> None:
@@ -1268,6 +1766,7 @@ def test_every_plan_respects_the_invariants(scenario: Scenario) -> None:
     assert_safe(scenario, plan)
     assert_lifecycle_respected(scenario, plan)
     assert_live(scenario, plan)
+    assert_unproven_reported(scenario, plan)
 
 
 @PROPERTY_SETTINGS
@@ -1320,6 +1819,10 @@ def test_forced_plans_are_safe_or_refused(scenario: Scenario, revoke: bool) -> N
     except UserError as refused:
         assert refused.user == scenario.state.user
         return
+
+    assert not untouchable(scenario.state), plan.steps
+    # A key another run may still be storing, or one whose owner is unproven and holds a slot, refuses.
+    assert not in_flight_keys(scenario), plan.steps
 
     assert_safe(scenario, plan)
     assert [s.action for s in plan.steps].count(Action.ROTATE) == 1
