@@ -16,15 +16,15 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry
 
 from rotator.aws import Aws, Boundary, RateLimiter, now_utc, session_from_environment
-from rotator.config import Settings, policy_for_user
-from rotator.errors import AwsError, NotManagedError, RotatorError, UserError
+from rotator.config import Settings
+from rotator.errors import AwsError, DryRunRefusedError, NotManagedError, RotatorError
 from rotator.events import ActionFailed, EventBus, InventorySnapshot, SweepFinished, SweepStarted
 from rotator.executor import Budget, Executor, UserOutcome, record_skip, run_users
 from rotator.inventory import Inventory
 from rotator.logs import log_subscriber
 from rotator.metrics import Metrics
-from rotator.model import Action, Step, UserPlan, UserState
-from rotator.policy import decide, repairs_needed
+from rotator.model import Action, UserPlan, UserState
+from rotator.policy import plan_user
 
 Clock = Callable[[], datetime]
 
@@ -47,13 +47,28 @@ class AccountView:
     report_generated: datetime | None = None
 
 
+@dataclass(frozen=True)
+class AccountFailure:
+    """An account (or the account discovery, ``account`` None) that could not be read or entered."""
+
+    account: str | None
+    error: AwsError
+    #: What was being done, for people ("cannot assume arn:...").
+    doing: str = ""
+
+    @property
+    def message(self) -> str:
+        text = f"{self.doing}: {self.error}" if self.doing else str(self.error)
+        return f"account {self.account}: {text}" if self.account else text
+
+
 @dataclass
 class SweepReport:
     sweep_id: str
     dry_run: bool
     views: list[AccountView] = field(default_factory=list)
     outcomes: list[UserOutcome] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[AccountFailure] = field(default_factory=list)
     duration_seconds: float = 0.0
     #: A stop request (daemon shutdown) cut the sweep short at a step boundary.
     interrupted: bool = False
@@ -97,9 +112,9 @@ class App:
         self._aws_injected = aws is not None
         self._accounts: list[Account] | None = None
         #: Accounts the last :meth:`accounts` call could not reach (one line each); see ``sweep``.
-        self.account_errors: list[str] = []
+        self.account_errors: list[AccountFailure] = []
         #: Accounts the last :meth:`plan` could not read (the CLI reports them and exits 1).
-        self.plan_errors: list[str] = []
+        self.plan_errors: list[AccountFailure] = []
 
     # -- wiring ----------------------------------------------------------------------------------
 
@@ -143,7 +158,7 @@ class App:
                         member.account_id, f"arn:{member.partition}:iam::{member.account_id}:role/{org.role_name}"
                     )
         accounts: list[Account] = []
-        errors: list[str] = []
+        errors: list[AccountFailure] = []
         if not self.settings.accounts and org is None:
             account_id = base.account_id()
             base.boundary.account = account_id
@@ -154,7 +169,7 @@ class App:
             try:
                 aws = base.assume(role_arn)
             except AwsError as exc:
-                errors.append(f"account {account_id}: cannot assume {role_arn}: {exc}")
+                errors.append(AccountFailure(account_id, exc, doing=f"cannot assume {role_arn}"))
                 continue
             accounts.append(Account(account_id, aws, Inventory(aws, self.settings, account_id)))
         self.account_errors = errors
@@ -162,7 +177,14 @@ class App:
             self._accounts = accounts
         return accounts
 
-    def executor(self, account: Account, sweep_id: str | None = None, stop: threading.Event | None = None) -> Executor:
+    def executor(
+        self,
+        account: Account,
+        sweep_id: str | None = None,
+        stop: threading.Event | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> Executor:
         return Executor(
             account.aws,
             account.inventory,
@@ -172,7 +194,12 @@ class App:
             sleep=self.sleep,
             sweep_id=sweep_id,
             stop=stop,
+            dry_run=dry_run,
         )
+
+    def dry_run(self, requested: bool | None = None) -> bool:
+        """The one place dry-run is decided: ``--dry-run`` (when given) over ``safety.dry_run``."""
+        return self.settings.safety.dry_run if requested is None else requested
 
     def reconfigure(self, settings: Settings) -> None:
         """Apply new settings (the daemon's SIGHUP) between sweeps; the AWS wiring is rebuilt lazily."""
@@ -186,18 +213,10 @@ class App:
     def view(self, account: Account) -> AccountView:
         states = account.inventory.gather()
         now = self.clock()
-        plans = [self.decide(state, now) for state in states]
+        defaults = self.settings.policy_defaults()
+        plans = [plan_user(state, defaults, now) for state in states]
         self.bus.emit(InventorySnapshot(account=account.account_id, states=states, plans=plans))
         return AccountView(account.account_id, states, plans, account.inventory.report_generated)
-
-    def decide(self, state: UserState, now: datetime) -> UserPlan:
-        try:
-            policy = policy_for_user(self.settings, state.tags, state.user)
-        except UserError as exc:
-            reason = str(exc).removeprefix(f"{state.user}: ")
-            step = Step(state.account, state.user, Action.SKIP, None, reason, problem=True)
-            return UserPlan(state.account, state.user, (step,))
-        return decide(state, policy, now)
 
     def plan(self) -> list[AccountView]:
         """Every account's view; accounts that cannot be read are in :attr:`account_errors`."""
@@ -210,14 +229,14 @@ class App:
             except AwsError as exc:
                 if len(accounts) == 1:
                     raise
-                self.plan_errors.append(f"account {account.account_id}: {exc}")
+                self.plan_errors.append(AccountFailure(account.account_id, exc))
         return views
 
     # -- sweeping -------------------------------------------------------------------------------
 
     def sweep(self, *, dry_run: bool | None = None, stop: threading.Event | None = None) -> SweepReport:
         """One pass over every account. ``stop`` ends it early, at a step boundary (daemon shutdown)."""
-        dry = self.settings.safety.dry_run if dry_run is None else dry_run
+        dry = self.dry_run(dry_run)
         report = SweepReport(sweep_id=uuid.uuid4().hex[:12], dry_run=dry)
         started = time.monotonic()
         self.bus.emit(SweepStarted(sweep_id=report.sweep_id, dry_run=dry))
@@ -233,9 +252,9 @@ class App:
                     self._sweep_account(account, report, budget, dry, stop)
                 except AwsError as exc:
                     # One unreadable account fails the sweep but never keeps the others from theirs.
-                    report.errors.append(f"account {account.account_id}: {exc}")
+                    report.errors.append(AccountFailure(account.account_id, exc))
         except AwsError as exc:
-            report.errors.append(str(exc))
+            report.errors.append(AccountFailure(None, exc))
         report.duration_seconds = time.monotonic() - started
         self._finish(report)
         return report
@@ -253,11 +272,9 @@ class App:
         if dry:
             return
         to_run: list[str] = []
-        for state, plan in zip(view.states, view.plans, strict=True):
-            wants_action = any(s.mutating or s.action is Action.HOLD for s in plan.steps)
-            problem = any(s.problem for s in plan.steps)
-            if wants_action or (not problem and self._needs_repair(state)):
-                to_run.append(state.user)
+        for plan in view.plans:
+            if plan.wants_executor:
+                to_run.append(plan.user)
             else:
                 report.outcomes.append(self._report_only(plan, report.sweep_id))
 
@@ -271,7 +288,7 @@ class App:
             try:
                 self.view(account)  # refresh gauges after changes (cheap in steady state)
             except AwsError as exc:
-                report.errors.append(str(exc))
+                report.errors.append(AccountFailure(None, exc))
 
     def _report_only(self, plan: UserPlan, sweep_id: str) -> UserOutcome:
         """A user with nothing to act on: its skips are reported, its problems are failures."""
@@ -280,17 +297,16 @@ class App:
             record_skip(step, outcome, self.bus.emit, sweep_id)
         return outcome
 
-    def _needs_repair(self, state: UserState) -> bool:
-        try:
-            policy = policy_for_user(self.settings, state.tags, state.user)
-        except UserError:
-            return False
-        return repairs_needed(state, policy, self.clock()).any
-
     def _finish(self, report: SweepReport) -> None:
-        for error in report.errors:
+        for failure in report.errors:
             self.bus.emit(
-                ActionFailed(account="", user="", sweep_id=report.sweep_id, error=error, error_type="AwsError")
+                ActionFailed(
+                    account=failure.account or "",
+                    user="",
+                    sweep_id=report.sweep_id,
+                    error=failure.message,
+                    error_type=type(failure.error).__name__,
+                )
             )
         self.bus.emit(
             SweepFinished(
@@ -307,10 +323,9 @@ class App:
                 skipped=sum(len(o.skipped) for o in report.outcomes),
                 deferred=sum(len(o.deferred) for o in report.outcomes),
                 failed=report.failed,
+                finished_at=self.clock(),
             )
         )
-        if report.result == "success":
-            self.metrics.sweep_succeeded(self.clock())
 
     # -- forced rotation ---------------------------------------------------------------------
 
@@ -320,6 +335,11 @@ class App:
         One result per (account, user) that was tried, plus one per user managed nowhere: a refusal in
         one account is never hidden by a success in another. Other users still proceed after a failure.
         """
+        if self.dry_run():
+            raise DryRunRefusedError(
+                "safety.dry_run is on: nothing rotated "
+                "(for this command only: ROTATOR_SAFETY__DRY_RUN=false rotator rotate ...)"
+            )
         results: list[RotateResult] = []
         sweep_id = "rotate-" + uuid.uuid4().hex[:8]
         accounts = [a for a in self.accounts() if not account_ids or a.account_id in account_ids]
@@ -327,7 +347,7 @@ class App:
             tried = False
             for account in accounts:
                 try:
-                    outcome = self.executor(account, sweep_id).rotate_forced(user, revoke=revoke)
+                    outcome = self.executor(account, sweep_id, dry_run=False).rotate_forced(user, revoke=revoke)
                 except NotManagedError:
                     continue
                 except RotatorError as exc:
@@ -338,7 +358,7 @@ class App:
                         RotateResult(account.account_id, user, None, f"{user}: unexpected {type(exc).__name__}")
                     )
                 else:
-                    error = "; ".join(msg for _step, msg in outcome.failed) or None
+                    error = "; ".join(failure.message for failure in outcome.failed) or None
                     results.append(RotateResult(account.account_id, user, outcome, error))
                 tried = True
             if not tried:

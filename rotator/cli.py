@@ -11,18 +11,21 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
 from rotator import __version__
-from rotator.config import Settings, load_settings, policy_for_user
-from rotator.errors import AwsError, ConfigError, RotatorError, UsageError, UserError
+from rotator.config import Settings, load_settings
+from rotator.errors import AwsError, ConfigError, RotatorError, UsageError
 from rotator.logs import configure as configure_logs
 from rotator.logs import redact_text
 from rotator.model import Action
-from rotator.policy import classify
+from rotator.render import format_age, print_table, when
+
+if TYPE_CHECKING:  # the App (and boto3) load only for commands that talk to AWS
+    from rotator.app import AccountView, App
+    from rotator.executor import UserOutcome
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -91,17 +94,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return dispatch(args)
-    except (ConfigError, UsageError) as exc:
-        print(f"rotator: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    except AwsError as exc:
-        print(f"rotator: AWS error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
     except RotatorError as exc:
-        print(f"rotator: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+        code, prefix = exit_for(exc)
+        print(f"{prefix}{_one_line(exc)}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         return 130
+
+
+#: The one table from error class to exit code and the start of its line on stderr (first match wins).
+EXIT_CODES: tuple[tuple[type[RotatorError], int, str], ...] = (
+    (ConfigError, EXIT_USAGE, "rotator: error: "),
+    (UsageError, EXIT_USAGE, "rotator: error: "),
+    (AwsError, EXIT_FAILED, "rotator: AWS error: "),
+    (RotatorError, EXIT_FAILED, "rotator: error: "),
+)
+
+
+def exit_for(error: RotatorError) -> tuple[int, str]:
+    """Exit code and line prefix of ``error``, from :data:`EXIT_CODES`."""
+    return next((code, prefix) for cls, code, prefix in EXIT_CODES if isinstance(error, cls))
 
 
 def _one_line(error: BaseException | str) -> str:
@@ -143,7 +155,7 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per
     if command == "inventory":
         return _inventory(app, as_json=args.json)
     if command == "sweep":
-        return _sweep(app, dry_run=args.dry_run)
+        return _sweep(app, dry_run=True if args.dry_run else None)
     if command == "rotate":
         return _rotate(app, args.users, revoke=args.revoke, account_ids=args.account)
     raise UsageError(f"unknown command {command!r}")
@@ -152,48 +164,28 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per
 # -- output ----------------------------------------------------------------------------------------
 
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
-
-
-def format_table(rows: list[list[str]], header: list[str]) -> list[str]:
-    """Aligned columns under an upper-case header, as people read them on a terminal."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return lines
-
-
-def print_table(rows: list[list[str]], header: list[str], out: TextIO | None = None) -> None:
-    """A table on a terminal; tab-separated lines (for scripts) otherwise."""
-    out = out or sys.stdout
-    lines = format_table(rows, header) if out.isatty() else ["\t".join(row) for row in rows]
-    for line in lines:
-        print(line, file=out)
-
-
-def _report_ages(app: Any, views: list[Any]) -> None:
+def _report_ages(app: App, views: list[AccountView]) -> None:
     """On stderr: how old each account's credential report is (IAM serves one up to 4 h old)."""
     now = app.clock()
     for view in views:
-        generated = getattr(view, "report_generated", None)
+        generated = view.report_generated
         if generated is not None:
             age = format_age((now - generated).total_seconds())
             print(
-                f"rotator: account {view.account}: credential report generated {_when(generated)} ({age} ago); "
+                f"rotator: account {view.account}: credential report generated {when(generated)} ({age} ago); "
                 "users changed since are read from IAM directly",
                 file=sys.stderr,
             )
 
 
-def _plan(app: Any, *, as_json: bool) -> int:
+def _plan(app: App, *, as_json: bool) -> int:
     views = app.plan()
     _report_ages(app, views)
     steps = [step for view in views for plan in view.plans for step in plan.steps]
     if as_json:
         print(json.dumps([step.to_json() for step in steps], indent=2))
         return _account_errors(app)
-    rows = [[s.user, s.action.value, s.key_id or "-", _when(s.due_at), s.reason] for s in steps]
+    rows = [[s.user, s.action.value, s.key_id or "-", when(s.due_at), s.reason] for s in steps]
     if not rows and sys.stdout.isatty():
         print("nothing to do")
     else:
@@ -201,15 +193,14 @@ def _plan(app: Any, *, as_json: bool) -> int:
     return _account_errors(app)
 
 
-def _account_errors(app: Any) -> int:
+def _account_errors(app: App) -> int:
     """Accounts that could not be read: one line each on stderr, and exit 1."""
-    errors = list(getattr(app, "plan_errors", []))
-    for error in errors:
-        print(f"rotator: AWS error: {_one_line(error)}", file=sys.stderr)
-    return EXIT_FAILED if errors else EXIT_OK
+    for failure in app.plan_errors:
+        print(f"rotator: AWS error: {_one_line(failure.message)}", file=sys.stderr)
+    return EXIT_FAILED if app.plan_errors else EXIT_OK
 
 
-def _inventory(app: Any, *, as_json: bool) -> int:
+def _inventory(app: App, *, as_json: bool) -> int:
     views = app.plan()
     _report_ages(app, views)
     now = app.clock()
@@ -217,7 +208,8 @@ def _inventory(app: Any, *, as_json: bool) -> int:
     for view in views:
         for state, plan in zip(view.states, view.plans, strict=True):
             secret = state.secret
-            current, previous = _current_and_previous(app.settings, state)
+            current = plan.roles.current.key_id if plan.roles.current else None
+            previous = plan.roles.previous_id
             upcoming = sorted(plan.upcoming, key=lambda u: u.due_at)
             records.append(
                 {
@@ -282,40 +274,11 @@ def _inventory(app: Any, *, as_json: bool) -> int:
     return _account_errors(app)
 
 
-def _current_and_previous(settings: Settings, state: Any) -> tuple[str | None, str | None]:
-    """Key ids of the current and previous key as the policy sees them.
-
-    After a bootstrap the previous key is in no secret version (its secret was never known); only the
-    secret's tags name it, so ``AWSPREVIOUS`` alone would call it "other".
-    """
-    try:
-        policy = policy_for_user(settings, state.tags, state.user)
-    except UserError:
-        policy = policy_for_user(settings, {}, state.user)  # roles do not depend on the durations
-    roles = classify(state, policy)
-    return (
-        roles.current.key_id if roles.current else None,
-        roles.previous.key_id if roles.previous else None,
-    )
-
-
-def format_age(seconds: float) -> str:
-    """An age or a wait for people: two units at most (``3d4h``, ``2m05s``, ``42s``)."""
-    whole = max(0, int(seconds))
-    if whole >= 86400:
-        return f"{whole // 86400}d{whole % 86400 // 3600}h"
-    if whole >= 3600:
-        return f"{whole // 3600}h{whole % 3600 // 60}m"
-    if whole >= 60:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole}s"
-
-
-def _sweep(app: Any, *, dry_run: bool) -> int:
+def _sweep(app: App, *, dry_run: bool | None) -> int:
     report = app.sweep(dry_run=dry_run)
-    if dry_run or report.dry_run:
+    if report.dry_run:
         steps = [step for view in report.views for plan in view.plans for step in plan.steps]
-        rows = [[s.user, s.action.value, s.key_id or "-", _when(s.due_at), s.reason] for s in steps]
+        rows = [[s.user, s.action.value, s.key_id or "-", when(s.due_at), s.reason] for s in steps]
         print_table(rows, ["user", "action", "key_id", "due_at", "reason"])
     else:
         done = {a: report.count(a) for a in (Action.ROTATE, Action.DISABLE, Action.DELETE, Action.CLEANUP)}
@@ -324,22 +287,15 @@ def _sweep(app: Any, *, dry_run: bool) -> int:
         summary = ", ".join(f"{a.value}d={n}" if a.value.endswith("e") else f"{a.value}={n}" for a, n in done.items())
         print(f"sweep {report.sweep_id}: {summary}, held={held}, deferred={deferred}, failed={report.failed}")
         for outcome in report.outcomes:
-            for step, message in outcome.failed:
-                action = step.action.value if step else "user"
-                print(f"FAILED {outcome.user} {action}: {redact_text(message)}", file=sys.stderr)
-    for error in report.errors:
-        print(f"rotator: AWS error: {redact_text(error)}", file=sys.stderr)
+            for failure in outcome.failed:
+                action = failure.step.action.value if failure.step else "user"
+                print(f"FAILED {outcome.user} {action}: {redact_text(failure.message)}", file=sys.stderr)
+    for account_failure in report.errors:
+        print(f"rotator: AWS error: {redact_text(account_failure.message)}", file=sys.stderr)
     return EXIT_FAILED if report.failed else EXIT_OK
 
 
-def _rotate(app: Any, users: list[str], *, revoke: bool, account_ids: Sequence[str] = ()) -> int:
-    if app.settings.safety.dry_run:
-        print(
-            "rotator: safety.dry_run is on: nothing rotated "
-            "(for this command only: ROTATOR_SAFETY__DRY_RUN=false rotator rotate ...)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
+def _rotate(app: App, users: list[str], *, revoke: bool, account_ids: Sequence[str] = ()) -> int:
     status = EXIT_OK
     results = app.rotate(users, revoke=revoke, account_ids=account_ids)
     accounts = {r.account for r in results if r.account}
@@ -351,17 +307,17 @@ def _rotate(app: Any, users: list[str], *, revoke: bool, account_ids: Sequence[s
         else:
             print(f"rotator: {who}: {redact_text(line)}", file=sys.stderr)
             status = EXIT_FAILED
-    for error in getattr(app, "account_errors", []):  # a user there may be the one asked for
-        print(f"rotator: AWS error: {_one_line(error)}", file=sys.stderr)
+    for failure in app.account_errors:  # a user there may be the one asked for
+        print(f"rotator: AWS error: {_one_line(failure.message)}", file=sys.stderr)
         status = EXIT_FAILED
     return status
 
 
-def rotate_summary(outcome: Any, error: str | None) -> tuple[str, bool]:
+def rotate_summary(outcome: UserOutcome | None, error: str | None) -> tuple[str, bool]:
     """One line for a forced rotation's outcome, and whether it fully succeeded."""
     rotated = outcome is not None and any(s.action is Action.ROTATE for s in outcome.done)
     disabled = [s.key_id for s in (outcome.done if outcome else []) if s.action is Action.DISABLE]
-    failed_disable = [s for s, _msg in (outcome.failed if outcome else []) if s and s.action is Action.DISABLE]
+    failed_disable = [f.step for f in (outcome.failed if outcome else []) if f.step and f.step.action is Action.DISABLE]
     if not rotated:
         reason = error or "; ".join(s.reason for s in (outcome.skipped if outcome else [])) or "no reason given"
         return f"not rotated: {reason}", False

@@ -3,13 +3,8 @@
 Where the file comes from: ``--config PATH``, else ``$ROTATOR_CONFIG``, else ``/etc/rotator/config.yaml``.
 Only the last one may be missing (the defaults then apply), so the CLI works without any file.
 
-Every key can be overridden from the environment as ``ROTATOR_<SECTION>__<KEY>``: a double underscore
-separates levels (``ROTATOR_SELECTION__TAG__VALUE``), names are case-insensitive and map to lower-case
-keys (so ``ROTATOR_SECRETS__TAGS__TEAM`` sets the secret tag ``team``), and values are read as YAML
-scalars or flow collections (``true``, ``5``, ``[a, b]``). Fields that hold text take the value verbatim
-(so a cron expression or an ``arn:...`` needs no quoting), and list-of-text fields also accept
-``a,b,c``. An override (a name with ``__``, or a top-level key such as ``ROTATOR_ACCOUNTS``) that names no
-known key is an error; any other ``ROTATOR_*`` name (``ROTATOR_HOME``) is not ours and is ignored.
+Every key can be overridden from the environment as ``ROTATOR_<SECTION>__<KEY>`` (the rules are in
+:mod:`rotator.overrides`); durations are spelled as in :mod:`rotator.durations`.
 
 Every problem becomes one :class:`~rotator.errors.ConfigError` whose single line names the key path first:
 ``policy.max_key_age: invalid duration 'abc' (use e.g. 45s, 15m, 12h, 90d, 2w)``.
@@ -17,14 +12,10 @@ Every problem becomes one :class:`~rotator.errors.ConfigError` whose single line
 
 from __future__ import annotations
 
-import enum
 import ipaddress
-import json
 import os
 import re
 import string
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -42,22 +33,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 
-from rotator.errors import ConfigError, UserError
-from rotator.model import (
-    USER_TAG_EXCLUDE,
-    USER_TAG_GRACE_PERIOD,
-    USER_TAG_MAX_KEY_AGE,
-    USER_TAG_RETENTION,
-    EffectivePolicy,
-    GuardMode,
-)
+from rotator.durations import _shorten, _validate_duration, format_duration
+from rotator.errors import ConfigError
+from rotator.model import EffectivePolicy, GuardMode, PolicyDefaults
+from rotator.overrides import _apply_env_overrides, _describe_type, _model_of, _one_line, _strip_optional, _translate
+from rotator.user_policy import resolve_policy
 
 __all__ = [
     "CONFIG_PATH_ENV",
     "DEFAULT_CONFIG_PATH",
-    "ENV_PREFIX",
     "AwsSettings",
     "CoordinationSettings",
     "Duration",
@@ -71,100 +56,18 @@ __all__ = [
     "SelectionSettings",
     "Settings",
     "TagSelector",
-    "format_duration",
-    "is_excluded_by_tag",
     "load_settings",
-    "parse_duration",
     "policy_for_user",
-    "render_reference_markdown",
     "resolve_config_path",
 ]
 
 DEFAULT_CONFIG_PATH = "/etc/rotator/config.yaml"
 CONFIG_PATH_ENV = "ROTATOR_CONFIG"
-ENV_PREFIX = "ROTATOR_"
 #: ``ROTATOR_*`` variables that are not configuration overrides.
 NON_OVERRIDE_ENV = frozenset({CONFIG_PATH_ENV})
 
 
 # --------------------------------------------------------------------------------------------- durations
-
-_DURATION_UNITS: tuple[tuple[str, int], ...] = (
-    ("w", 604_800),
-    ("d", 86_400),
-    ("h", 3_600),
-    ("m", 60),
-    ("s", 1),
-)
-_UNIT_SECONDS = dict(_DURATION_UNITS)
-_DURATION_RE = re.compile(r"([0-9]+)([smhdw])")
-_DURATION_HINT = "use e.g. 45s, 15m, 12h, 90d, 2w"
-#: The longest duration anywhere (configuration, tags): far beyond any sensible policy, and small enough that
-#: every due time built from a few of them stays a representable ``datetime``.
-MAX_DURATION = timedelta(days=36_500)
-_TOO_LARGE = "too large (at most 36500d, about 100 years)"
-
-
-def _shorten(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def parse_duration(text: str) -> timedelta:
-    """``45s``, ``15m``, ``12h``, ``90d`` or ``2w`` as a :class:`~datetime.timedelta`.
-
-    The unit is required (a bare ``30`` in a tag would be ambiguous) and lower-case (``m`` is minutes); at
-    most :data:`MAX_DURATION` (100 years), so that adding it to a timestamp cannot overflow.
-    Raises :class:`ValueError` with an operator-readable, single-line message.
-    """
-    match = _DURATION_RE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"invalid duration {_shorten(text)!r} ({_DURATION_HINT})")
-    amount, unit = int(match.group(1)), match.group(2)
-    if amount == 0:
-        raise ValueError(f"invalid duration {_shorten(text)!r}: must be positive ({_DURATION_HINT})")
-    if amount * _UNIT_SECONDS[unit] > MAX_DURATION.total_seconds():
-        raise ValueError(f"invalid duration {_shorten(text)!r}: {_TOO_LARGE}")
-    return timedelta(seconds=amount * _UNIT_SECONDS[unit])
-
-
-def format_duration(duration: timedelta) -> str:
-    """The most compact exact spelling of ``duration`` (``2w``, ``7d``, ``90s``): parse_duration's inverse.
-
-    The shortest exact spelling wins, the smaller unit on a tie (``7d``, ``2w``, ``90s``, ``2m``). Sub-second
-    durations (never produced by parse_duration) are spelled as decimal seconds, ``0.5s``.
-    """
-    if duration < timedelta(0):
-        return "-" + format_duration(-duration)
-    if duration.microseconds:
-        return f"{duration.total_seconds()}s"
-    seconds = duration // timedelta(seconds=1)
-    if seconds == 0:
-        return "0s"
-    # Shortest spelling; on a tie the smaller unit, so 7 days reads "7d" as in the docs, not "1w".
-    spellings = [f"{seconds // size}{unit}" for unit, size in _DURATION_UNITS if seconds % size == 0]
-    return min(reversed(spellings), key=len)
-
-
-def _validate_duration(value: object) -> timedelta:
-    # bool is an int subclass: ``true`` is not one second.
-    if isinstance(value, bool):
-        raise ValueError(f"must be a duration, got {value!r} ({_DURATION_HINT})")
-    if isinstance(value, timedelta):
-        if value <= timedelta(0):
-            raise ValueError(f"invalid duration {format_duration(value)!r}: must be positive")
-        if value > MAX_DURATION:
-            raise ValueError(f"invalid duration {format_duration(value)!r}: {_TOO_LARGE}")
-        return value
-    if isinstance(value, int):
-        # A bare YAML integer counts seconds; tests use this.
-        if value <= 0:
-            raise ValueError(f"invalid duration {value!r}: must be positive ({_DURATION_HINT})")
-        if value > MAX_DURATION.total_seconds():
-            raise ValueError(f"invalid duration {value!r}: {_TOO_LARGE}")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        return parse_duration(value)
-    raise ValueError(f"must be a duration, got {_shorten(repr(value))} ({_DURATION_HINT})")
 
 
 #: A positive duration up to :data:`MAX_DURATION`: ``45s``/``15m``/``12h``/``90d``/``2w`` or whole seconds;
@@ -333,13 +236,11 @@ class ScheduleSettings(_Section):
     def _valid_cron(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        # Validated with the very parser the daemon schedules with (imported here only, lazily).
-        from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415
+        # Validated with the very parser the daemon schedules with; imported here, not at the top, so
+        # that loading the configuration imports neither the daemon nor APScheduler unless a cron is set.
+        from rotator.daemon.scheduling import validate_cron  # noqa: PLC0415
 
-        try:
-            CronTrigger.from_crontab(value, timezone="UTC")
-        except ValueError as exc:
-            raise ValueError(f"invalid cron expression {_shorten(value)!r}: {exc}") from None
+        validate_cron(value)  # ValueError: "invalid cron expression '...': why"
         return value
 
     @model_validator(mode="after")
@@ -700,6 +601,19 @@ class Settings(_Section):
         """The configuration as plain JSON/YAML data, durations spelled like ``90d`` (no secrets in it)."""
         return self.model_dump(mode="json")
 
+    def policy_defaults(self) -> PolicyDefaults:
+        """The policy every user starts from, as the pure core's value object."""
+        policy = self.policy
+        return PolicyDefaults(
+            max_key_age=policy.max_key_age,
+            grace_period=policy.grace_period,
+            retention=policy.retention,
+            disable_guard=policy.disable_guard,
+            quiet_period=policy.quiet_period,
+            max_hold=policy.max_hold,
+            validation_timeout=self.aws.validation_timeout,
+        )
+
     def warnings(self) -> list[str]:
         """Valid but self-defeating settings: said by ``check-config`` and logged when the daemon starts.
 
@@ -715,24 +629,6 @@ class Settings(_Section):
                 "replaced is gone, so every rotation waits for that deletion and runs late"
             )
         return out
-
-
-# --------------------------------------------------------------------------------------------- model walking
-
-
-def _strip_optional(annotation: Any) -> tuple[Any, bool]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        if len(members) == 1:
-            return members[0], True
-    return annotation, False
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    inner, _ = _strip_optional(annotation)
-    if isinstance(inner, type) and issubclass(inner, BaseModel):
-        return inner
-    return None
 
 
 _SECTION_NAMES = frozenset(
@@ -762,22 +658,6 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _describe_type(value: object) -> str:
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return type(value).__name__
 
 
 def resolve_config_path(
@@ -829,197 +709,6 @@ def _read_config_file(path: Path, *, explicit: bool) -> dict[str, Any]:
     return data
 
 
-class _Target(enum.Enum):
-    SECTION = "section"  # a mapping (or null for optional ones): YAML
-    TEXT = "text"  # verbatim
-    OPTIONAL_TEXT = "optional text"  # verbatim; empty/null/~ = null
-    TEXT_LIST = "text list"  # YAML flow list, or comma-separated
-    VALUE = "value"  # YAML scalar
-
-
-_NULL_WORDS = frozenset({"", "~", "null", "none"})
-
-
-def _seed(info: FieldInfo) -> dict[str, Any]:
-    """Starting value for a section an override reaches into when the file does not set it."""
-    default = info.get_default(call_default_factory=True)
-    # A non-null default *model* of an optional section (selection.tag) is kept, so that overriding one of
-    # its keys changes only that key. Required sections start empty and get their defaults from the model.
-    if isinstance(default, BaseModel) and _strip_optional(info.annotation)[1]:
-        seeded: dict[str, Any] = default.model_dump()
-        return seeded
-    return {}
-
-
-def _resolve_override(parts: list[str], variable: str) -> tuple[_Target, list[dict[str, Any]]]:
-    """What kind of value ``parts`` names in the model, and the seeds for each intermediate level."""
-    dotted = ".".join(parts)
-    unknown = ConfigError(f"{variable}: unknown key {dotted}")
-    model: type[BaseModel] | None = Settings
-    in_mapping = False
-    seeds: list[dict[str, Any]] = []
-    for index, part in enumerate(parts):
-        last = index == len(parts) - 1
-        if in_mapping:
-            if not last:
-                raise unknown
-            return _Target.TEXT, seeds
-        assert model is not None
-        info = model.model_fields.get(part)
-        if info is None:
-            raise unknown
-        inner, optional = _strip_optional(info.annotation)
-        submodel = _model_of(info.annotation)
-        if submodel is not None or typing.get_origin(inner) is dict:
-            if last:
-                return _Target.SECTION, seeds
-            seeds.append(_seed(info))
-            model, in_mapping = submodel, submodel is None
-            continue
-        if not last:
-            raise unknown
-        if inner is str:
-            return (_Target.OPTIONAL_TEXT if optional else _Target.TEXT), seeds
-        if typing.get_origin(inner) is tuple and typing.get_args(inner)[0] is str:
-            return _Target.TEXT_LIST, seeds
-        return _Target.VALUE, seeds
-    raise unknown
-
-
-def _parse_yaml_value(raw: str, variable: str) -> Any:
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(_one_line(f"{variable}: invalid value {_shorten(raw)!r}: {problem}")) from None
-
-
-def _override_value(target: _Target, raw: str, variable: str) -> Any:
-    if target is _Target.TEXT:
-        return raw
-    if target is _Target.OPTIONAL_TEXT:
-        return None if raw.strip().lower() in _NULL_WORDS else raw
-    if target is _Target.TEXT_LIST:
-        if raw.strip().startswith("["):
-            return _parse_yaml_value(raw, variable)
-        return [item.strip() for item in raw.split(",") if item.strip()]
-    return _parse_yaml_value(raw, variable)
-
-
-def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
-    """Write every ``ROTATOR_*`` override into ``data``; returns key path -> variable name."""
-    overrides: dict[tuple[str, ...], str] = {}
-    for variable in sorted(env):
-        # Names are case-insensitive, prefix included: a lower-case override must not be silently ignored.
-        if not variable.upper().startswith(ENV_PREFIX) or variable.upper() in NON_OVERRIDE_ENV:
-            continue
-        parts = variable[len(ENV_PREFIX) :].lower().split("__")
-        if len(parts) == 1 and parts[0] not in Settings.model_fields:
-            # Not ROTATOR_<SECTION>__<KEY> nor a top-level key (ROTATOR_ACCOUNTS): some wrapper's own
-            # variable (ROTATOR_HOME, ROTATOR_VERSION), which must not make every command fail.
-            continue
-        if any(not part for part in parts):
-            raise ConfigError(f"{variable}: malformed override name (use ROTATOR_<SECTION>__<KEY>)")
-        path = tuple(parts)
-        for other_path, other in overrides.items():
-            shorter = min(len(path), len(other_path))
-            if path[:shorter] == other_path[:shorter]:
-                raise ConfigError(f"{variable}: conflicts with {other} (both set {'.'.join(path[:shorter])})")
-        overrides[path] = variable
-
-    for path, variable in overrides.items():
-        target, seeds = _resolve_override(list(path), variable)
-        node = data
-        for depth, (part, seed) in enumerate(zip(path[:-1], seeds, strict=True)):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = seed
-            elif not isinstance(child, dict):
-                where = ".".join(path[: depth + 1])
-                raise ConfigError(f"{variable}: cannot override inside {where}: the file sets it to a non-mapping")
-            node = child
-        node[path[-1]] = _override_value(target, env[variable], variable)
-    return overrides
-
-
-def _format_loc(loc: Sequence[int | str]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else part
-    return text or "config"
-
-
-#: One-line problems for pydantic error types; ``{got}`` is the offending value, the rest come from its ctx.
-_PROBLEMS: Mapping[str, str] = {
-    "extra_forbidden": "unknown key",
-    "missing": "required key is missing",
-    "model_type": "must be a mapping",
-    "model_attributes_type": "must be a mapping",
-    "dict_type": "must be a mapping",
-    "string_type": "must be a string{got}",
-    "int_type": "must be an integer{got}",
-    "int_parsing": "must be an integer{got}",
-    "int_from_float": "must be an integer{got}",
-    "float_type": "must be a number{got}",
-    "float_parsing": "must be a number{got}",
-    "finite_number": "must be a finite number{got}",
-    "bool_type": "must be true or false{got}",
-    "bool_parsing": "must be true or false{got}",
-    "list_type": "must be a list{got}",
-    "tuple_type": "must be a list{got}",
-    "literal_error": "must be one of {expected}{got}",
-    "enum": "must be one of {expected}{got}",
-    "greater_than": "must be greater than {gt}{got}",
-    "greater_than_equal": "must be at least {ge}{got}",
-    "less_than": "must be less than {lt}{got}",
-    "less_than_equal": "must be at most {le}{got}",
-    "string_too_short": "must be at least {min_length} character(s) long{got}",
-    "string_too_long": "must be at most {max_length} characters long",
-}
-
-
-def _describe_error(error: Mapping[str, Any]) -> tuple[tuple[int | str, ...], str]:
-    """Key path and a one-line problem for one pydantic error."""
-    loc: tuple[int | str, ...] = tuple(error.get("loc", ()))
-    kind = str(error.get("type", ""))
-    ctx: dict[str, Any] = dict(error.get("ctx") or {})
-    if loc and loc[-1] == "[key]":
-        # A mapping key of the wrong type: pydantic reports it as (..., key, "[key]").
-        return loc[:-2], f"key {_shorten(repr(loc[-2]))} must be a string"
-    if kind == "value_error" and "error" in ctx:
-        return loc, str(ctx["error"])
-    if kind == "invalid_key" and loc:
-        return loc[:-1], f"key {_shorten(repr(loc[-1]))} must be a string"
-    # Bounds of float fields arrive as 0.0; operators wrote 0.
-    ctx = {key: int(bound) if isinstance(bound, float) and bound.is_integer() else bound for key, bound in ctx.items()}
-    value = error.get("input")
-    scalar = value is None or isinstance(value, str | int | float | bool)
-    ctx["got"] = f", got {_shorten(repr(value))}" if scalar else f", got {_describe_type(value)}"
-    template = _PROBLEMS.get(kind)
-    if template is None:
-        return loc, str(error.get("msg", "invalid value"))
-    try:
-        return loc, template.format_map(ctx)
-    except (KeyError, ValueError):
-        return loc, str(error.get("msg", "invalid value"))
-
-
-def _translate(exc: ValidationError, overrides: Mapping[tuple[str, ...], str]) -> ConfigError:
-    loc, problem = _describe_error(exc.errors(include_url=False)[0])
-    names = tuple(str(part) for part in loc)
-    # Name the variable when the offending value came from (or was reached by) an override.
-    sources = [
-        variable
-        for path, variable in sorted(overrides.items())
-        if names[: len(path)] == path or path[: len(names)] == names
-    ]
-    suffix = f" (from {sources[0]})" if sources else ""
-    return ConfigError(_one_line(f"{_format_loc(loc)}: {problem}{suffix}"))
-
-
 def load_settings(
     path: str | None = None,
     env: Mapping[str, str] | None = None,
@@ -1033,7 +722,7 @@ def load_settings(
     environ = os.environ if env is None else env
     config_path, explicit = resolve_config_path(path, environ, default_path=default_path)
     data = _read_config_file(config_path, explicit=explicit)
-    overrides = _apply_env_overrides(data, environ)
+    overrides = _apply_env_overrides(data, environ, Settings, reserved=NON_OVERRIDE_ENV)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
@@ -1043,117 +732,6 @@ def load_settings(
 # --------------------------------------------------------------------------------------------- per user
 
 
-def _tag_lookup(tags: Mapping[str, str]) -> dict[str, str]:
-    # IAM tag keys are case-insensitive for uniqueness, so match them that way.
-    return {key.lower(): value for key, value in tags.items()}
-
-
 def policy_for_user(settings: Settings, user_tags: Mapping[str, str], user: str) -> EffectivePolicy:
-    """The policy for ``user`` after its ``rotator:max-key-age``/``grace-period``/``retention`` tags.
-
-    A malformed tag value raises :class:`~rotator.errors.UserError`, which stops that user only. That
-    includes a ``rotator:exclude`` that is neither true nor false: such a user stays managed (so it is
-    seen and reported) but is not touched.
-    """
-    tags = _tag_lookup(user_tags)
-    exclude = tags.get(USER_TAG_EXCLUDE)
-    if exclude is not None and _exclude_value(exclude) is None:
-        raise UserError(user, f"tag {USER_TAG_EXCLUDE}={_shorten(exclude)!r}: must be true or false")
-    policy = settings.policy
-    durations = {
-        "max_key_age": policy.max_key_age,
-        "grace_period": policy.grace_period,
-        "retention": policy.retention,
-    }
-    for tag, field in (
-        (USER_TAG_MAX_KEY_AGE, "max_key_age"),
-        (USER_TAG_GRACE_PERIOD, "grace_period"),
-        (USER_TAG_RETENTION, "retention"),
-    ):
-        raw = tags.get(tag)
-        if raw is None:
-            continue
-        try:
-            durations[field] = parse_duration(raw)
-        except ValueError as exc:
-            raise UserError(user, f"tag {tag}={_shorten(raw)!r}: {exc}") from exc
-    return EffectivePolicy(
-        max_key_age=durations["max_key_age"],
-        grace_period=durations["grace_period"],
-        retention=durations["retention"],
-        disable_guard=policy.disable_guard,
-        quiet_period=policy.quiet_period,
-        max_hold=policy.max_hold,
-        validation_timeout=settings.aws.validation_timeout,
-    )
-
-
-def _exclude_value(raw: str) -> bool | None:
-    """``rotator:exclude`` as a boolean: ``true``/``false`` in any case; None for any other value."""
-    return {"true": True, "false": False}.get(raw.strip().lower())
-
-
-def is_excluded_by_tag(tags: Mapping[str, str]) -> bool:
-    """``rotator:exclude=true`` (any case) opts a user out of management.
-
-    Any value but true or false keeps the user managed: :func:`policy_for_user` then reports it as that
-    user's problem, so a typo such as ``yes`` neither rotates the user nor hides it.
-    """
-    return _exclude_value(_tag_lookup(tags).get(USER_TAG_EXCLUDE, "")) is True
-
-
-# --------------------------------------------------------------------------------------------- reference
-
-
-def _render_value(value: Any) -> str:
-    """A default as it would be written in the YAML file (flow style)."""
-    if isinstance(value, timedelta):
-        value = format_duration(value)
-    elif isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    elif isinstance(value, enum.Enum):
-        value = value.value
-    if isinstance(value, Mapping):
-        text = "{" + ", ".join(f"{key}: {_render_value(item)}" for key, item in value.items()) + "}"
-    elif isinstance(value, list | tuple):
-        text = "[" + ", ".join(_render_value(item) for item in value) + "]"
-    elif isinstance(value, str):
-        text = value or '""'
-    elif isinstance(value, float) and value.is_integer():
-        text = str(int(value))
-    else:
-        text = json.dumps(value)  # null, true/false, numbers
-    return text
-
-
-def _reference_rows(model: type[BaseModel], prefix: str, defaults: Any) -> list[tuple[str, str, str]]:
-    rows: list[tuple[str, str, str]] = []
-    for name, info in model.model_fields.items():
-        key = f"{prefix}{name}"
-        if isinstance(defaults, Mapping) and name in defaults:
-            default = _render_value(defaults[name])
-            child_defaults = defaults[name]
-        elif info.is_required():
-            default, child_defaults = "(required)", None
-        else:
-            default_value = info.get_default(call_default_factory=True)
-            default, child_defaults = _render_value(default_value), None
-        submodel = _model_of(info.annotation)
-        optional = _strip_optional(info.annotation)[1]
-        if submodel is None or optional:
-            rows.append((key, default, info.description or ""))
-        if submodel is not None:
-            rows.extend(_reference_rows(submodel, f"{key}.", child_defaults))
-    return rows
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def render_reference_markdown() -> str:
-    """The configuration reference as a Markdown table (key path, default, description); deterministic."""
-    lines = ["| Key | Default | Description |", "|---|---|---|"]
-    for key, default, description in _reference_rows(Settings, "", Settings().effective()):
-        lines.append(f"| `{key}` | `{_cell(default)}` | {_cell(description)} |")
-    return "\n".join(lines) + "\n"
+    """The policy for ``user`` after its tags (see :func:`rotator.user_policy.resolve_policy`)."""
+    return resolve_policy(settings.policy_defaults(), user_tags, user)

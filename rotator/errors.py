@@ -11,9 +11,12 @@
     │   ├── NotFoundError         the resource does not exist (user, key, secret)
     │   ├── LimitExceededError    IAM's 2-keys-per-user limit (or another quota)
     │   ├── ConflictError         the resource changed under us (concurrent writer)
-    │   └── UnreachableError      endpoint unreachable / no credentials
+    │   ├── UnreachableError      endpoint unreachable / no credentials
+    │   └── KeyOutcomeUnknownError CreateAccessKey failed after AWS may have created the key
     ├── UserError                 a per-user problem that stops that user only
     │   └── NotManagedError       not a managed user (in this account)
+    ├── ConcurrentlyDone          another run did this step first (reported as skipped, not failed)
+    ├── DryRunRefusedError        a changing command while ``safety.dry_run`` is on (exit 1)
     └── ValidationTimeoutError    a new key never authenticated within ``aws.validation_timeout``
 
 No botocore, urllib3 or socket exception escapes ``rotator.aws``: each is translated there into this
@@ -87,10 +90,24 @@ class UserError(RotatorError):
     def __init__(self, user: str, message: str) -> None:
         super().__init__(f"{user}: {message}")
         self.user = user
+        #: The problem without the user's name (a plan step's reason).
+        self.reason = message
 
 
 class NotManagedError(UserError):
     """The user does not exist in this account, or is outside the selection, or excluded."""
+
+
+class ConcurrentlyDone(RotatorError):
+    """Another run completed this very step first, or took the slot it needed; nothing is left to do."""
+
+
+class KeyOutcomeUnknownError(AwsError):
+    """CreateAccessKey failed in a way that does not say whether AWS created the key."""
+
+
+class DryRunRefusedError(RotatorError):
+    """A command that must change AWS was asked for while ``safety.dry_run`` is on."""
 
 
 class ValidationTimeoutError(RotatorError):

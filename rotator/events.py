@@ -159,6 +159,17 @@ class SweepFinished(Event):
     skipped: int = 0
     deferred: int = 0
     failed: int = 0
+    #: When the sweep ended (by the App's clock): a successful sweep's time is the last-success metric.
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SettingsApplied(Event):
+    """The daemon runs with these settings now (start-up or SIGHUP reload)."""
+
+    name: ClassVar[str] = "config.applied"
+    level: ClassVar[str] = "debug"
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypedDict
 
-from rotator.aws import Aws, NewKey, SecretText
-from rotator.config import Settings, policy_for_user
+from rotator.config import Settings
 from rotator.errors import (
     AwsError,
+    ConcurrentlyDone,
     ConflictError,
+    KeyOutcomeUnknownError,
     LimitExceededError,
     NotFoundError,
     NotManagedError,
@@ -75,13 +76,17 @@ from rotator.model import (
     Action,
     EffectivePolicy,
     KeyStatus,
+    NewKey,
+    SecretText,
     Step,
     UserPlan,
     UserState,
     own_tag,
     version_id_for,
 )
-from rotator.policy import _after, classify, decide, decide_forced, repairs_needed, tag_room_problem
+from rotator.policy import _after, decide_forced, plan_user, tag_room_problem
+from rotator.ports import AccountPort
+from rotator.user_policy import resolve_policy
 
 Clock = Callable[[], datetime]
 
@@ -95,12 +100,19 @@ class _Context(TypedDict):
     sweep_id: str | None
 
 
-class ConcurrentlyDone(RotatorError):
-    """Another run completed this very step first; nothing is left to do (not a failure)."""
+@dataclass(frozen=True)
+class Failure:
+    """A step (or the user's refresh, ``step`` None) that failed, with the error itself (never a string)."""
 
+    step: Step | None
+    error: Exception
 
-class KeyOutcomeUnknown(RotatorError):
-    """CreateAccessKey failed in a way that does not say whether AWS created the key."""
+    @property
+    def message(self) -> str:
+        if isinstance(self.error, RotatorError):
+            return str(self.error)
+        # A defect: its text may hold anything (a response body); the log has the traceback.
+        return f"unexpected {type(self.error).__name__} (see the log)"
 
 
 class Budget:
@@ -127,7 +139,7 @@ class UserOutcome:
     held: list[Step] = field(default_factory=list)
     skipped: list[Step] = field(default_factory=list)
     deferred: list[Step] = field(default_factory=list)
-    failed: list[tuple[Step | None, str]] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
     #: A stop request (daemon shutdown) ended this user's run at a step boundary.
     interrupted: bool = False
 
@@ -156,7 +168,7 @@ class Executor:
 
     def __init__(
         self,
-        aws: Aws,
+        aws: AccountPort,
         inventory: Inventory,
         settings: Settings,
         emit: Callable[[Event], None],
@@ -165,10 +177,14 @@ class Executor:
         sleep: Callable[[float], None] = time.sleep,
         sweep_id: str | None = None,
         stop: threading.Event | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.aws = aws
         self.inventory = inventory
         self.settings = settings
+        self.defaults = settings.policy_defaults()
+        #: Decided by the caller (``App``): plan and report, change nothing.
+        self.dry_run = dry_run
         self.emit = emit
         self.clock = clock
         self.sleep = sleep
@@ -180,11 +196,8 @@ class Executor:
 
     # -- entry points ----------------------------------------------------------------------------
 
-    def policy(self, state: UserState) -> EffectivePolicy:
-        return policy_for_user(self.settings, state.tags, state.user)
-
     def run_user(self, user: str, budget: Budget) -> UserOutcome:
-        """Refresh ``user``, decide again, act. Never raises for a per-user problem."""
+        """Refresh ``user``, plan again, act on that plan. Never raises for a per-user problem."""
         outcome = UserOutcome(user=user, account=self.inventory.account)
         if self.stop is not None and self.stop.is_set():
             outcome.interrupted = True
@@ -192,7 +205,7 @@ class Executor:
         try:
             state = self.inventory.refresh(user)
         except RotatorError as exc:
-            outcome.failed.append((None, str(exc)))
+            outcome.failed.append(Failure(None, exc))
             self._failed(user, None, Action.SKIP, exc)
             return outcome
         if state is None:
@@ -200,16 +213,10 @@ class Executor:
             outcome.skipped.append(note)
             self.emit(ActionSkipped(**self._ctx(note), action=note.action, reason=note.reason))
             return outcome
-        try:
-            policy = self.policy(state)
-        except UserError as exc:
-            outcome.failed.append((None, str(exc)))
-            self._failed(user, None, Action.SKIP, exc)
-            return outcome
         now = self.clock()
-        plan = decide(state, policy, now)
-        self._repair(state, policy, plan, now)
-        self._execute(state, policy, plan, budget, outcome)
+        plan = plan_user(state, self.defaults, now)
+        self._repair(state, plan, now)
+        self._execute(state, plan, budget, outcome)
         return outcome
 
     def rotate_forced(self, user: str, *, revoke: bool) -> UserOutcome:
@@ -218,11 +225,10 @@ class Executor:
         state = self.inventory.refresh(user)
         if state is None:
             raise NotManagedError(user, "not a managed user (missing, outside the selection or excluded)")
-        policy = self.policy(state)
         now = self.clock()
-        plan = decide_forced(state, policy, now, revoke=revoke)
-        self._repair(state, policy, plan, now)
-        self._execute(state, policy, plan, Budget(None), outcome, revoke=revoke)
+        plan = decide_forced(state, resolve_policy(self.defaults, state.tags, state.user), now, revoke=revoke)
+        self._repair(state, plan, now)
+        self._execute(state, plan, Budget(None), outcome, revoke=revoke)
         return outcome
 
     # -- the loop over one user's steps -----------------------------------------------------
@@ -230,7 +236,6 @@ class Executor:
     def _execute(
         self,
         state: UserState,
-        policy: EffectivePolicy,
         plan: UserPlan,
         budget: Budget,
         outcome: UserOutcome,
@@ -252,7 +257,7 @@ class Executor:
                     )
                 )
                 continue
-            if self.settings.safety.dry_run:
+            if self.dry_run:
                 outcome.deferred.append(step)
                 continue
             if self.stop is not None and self.stop.is_set():
@@ -263,12 +268,12 @@ class Executor:
                 self._skip(outcome.deferred, step, "deferred: safety.max_actions_per_sweep reached")
                 continue
             try:
-                state = self._apply(state, policy, step)
+                state = self._apply(state, plan, step)
             except ConcurrentlyDone as exc:
                 self._skip(outcome.skipped, step, str(exc))
                 return
             except RotatorError as exc:
-                outcome.failed.append((step, str(exc)))
+                outcome.failed.append(Failure(step, exc))
                 self._failed(state.user, exc.key_id or step.key_id, step.action, exc)
                 return  # later steps of this user depend on this one
             outcome.done.append(step)
@@ -284,17 +289,17 @@ class Executor:
         try:
             self._disable(state, replaced.key_id, step.reason, loud=True, current=self._published_key)
         except RotatorError as exc:
-            outcome.failed.append((step, str(exc)))
+            outcome.failed.append(Failure(step, exc))
             self._failed(state.user, step.key_id, step.action, exc)
             return
         outcome.done.append(step)
 
-    def _apply(self, state: UserState, policy: EffectivePolicy, step: Step) -> UserState:
+    def _apply(self, state: UserState, plan: UserPlan, step: Step) -> UserState:
         if step.action is Action.ROTATE:
             if step.resume:
-                self._resume(state, policy, step)
+                self._resume(state, plan, step)
             else:
-                self._rotate(state, policy, step)
+                self._rotate(state, plan, step)
             return state
         assert step.key_id is not None
         if step.action is Action.DISABLE:
@@ -302,7 +307,7 @@ class Executor:
         elif step.action is Action.DELETE:
             self._delete(state, step.key_id)
             self.emit(KeyDeleted(**self._ctx(step), reason=step.reason))
-            if state.secret.exists and step.key_id == classify(state, policy).previous_id:
+            if state.secret.exists and step.key_id == plan.roles.previous_id:
                 # Recorded after the fact; a crash in between only costs a stale plan line.
                 self.aws.tag_secret(state.secret.name, {TAG_DELETED_KEY: step.key_id})
         elif step.action is Action.CLEANUP:
@@ -366,9 +371,12 @@ class Executor:
             if exc.maybe_acted:
                 # A key may exist whose id we never learnt: the intent mark stays so that it is found,
                 # reported and settled from CloudTrail (never deleted on a guess).
-                raise KeyOutcomeUnknown(
+                raise KeyOutcomeUnknownError(
                     f"{state.user}: CreateAccessKey failed after AWS may have acted ({exc.code or type(exc).__name__});"
-                    " a key it created would be unrecorded: left alone until CloudTrail proves its creator"
+                    " a key it created would be unrecorded: left alone until CloudTrail proves its creator",
+                    service="iam",
+                    operation="CreateAccessKey",
+                    maybe_acted=True,
                 ) from None
             # AWS did not act: the mark must not outlive the attempt (it proves nothing about later keys).
             self._untag(state, list(intent))
@@ -412,9 +420,9 @@ class Executor:
         summary = self.aws.describe_secret(state.secret.name)
         return summary is not None and version_id_for(key.key_id) in summary.versions
 
-    def _rotate(self, state: UserState, policy: EffectivePolicy, step: Step) -> None:
-        roles = classify(state, policy)
-        replaced = roles.current if state.secret.exists else state.key(step.key_id)
+    def _rotate(self, state: UserState, plan: UserPlan, step: Step) -> None:
+        policy = _resolved(plan)
+        replaced = plan.roles.current if state.secret.exists else state.key(step.key_id)
         key = self._start(state)
         document = credential_document(state.user, key)
         version = version_id_for(key.key_id)
@@ -496,7 +504,7 @@ class Executor:
             self._withdraw(state, key.key_id, "its secret version could not be written")
             raise
 
-    def _resume(self, state: UserState, policy: EffectivePolicy, step: Step) -> None:
+    def _resume(self, state: UserState, plan: UserPlan, step: Step) -> None:
         """Publish a pending version another run wrote and never published (it crashed)."""
         assert step.key_id is not None
         version = version_id_for(step.key_id)
@@ -508,8 +516,8 @@ class Executor:
             key = NewKey(step.key_id, SecretText(document["SecretAccessKey"]), pending.created)
         except (ValueError, KeyError, TypeError, AssertionError) as exc:
             raise UserError(state.user, "pending secret version does not hold the rotator's document") from exc
-        self._validate(state, key, _after(self.clock(), policy.validation_timeout))
-        replaced = classify(state, policy).current
+        self._validate(state, key, _after(self.clock(), _resolved(plan).validation_timeout))
+        replaced = plan.roles.current
         self._publish(state, version, key, replaced, resumed=True)
 
     def _publish(
@@ -614,17 +622,17 @@ class Executor:
 
     # -- records a crash kept from being written ----------------------------------------------
 
-    def _repair(self, state: UserState, policy: EffectivePolicy, plan: UserPlan, now: datetime) -> None:
-        if self.settings.safety.dry_run:
+    def _repair(self, state: UserState, plan: UserPlan, now: datetime) -> None:
+        if self.dry_run:
             return
-        needed = repairs_needed(state, policy, now)
+        needed = plan.repairs
         try:
             if needed.published_key is not None:
                 tags = {TAG_CURRENT_KEY: needed.published_key, TAG_PUBLISHED_AT: _iso(now)}
                 # Also the ids and creation dates the interrupted publication never wrote: left stale,
                 # the inventory's credential-report fast path pairs report slots with key ids by
                 # these dates and would lend the new key the old key's age.
-                roles = classify(state, policy)
+                roles = plan.roles
                 for key, id_tag, created_tag in (
                     (roles.current, TAG_CURRENT_KEY, TAG_CURRENT_CREATED),
                     (roles.previous, TAG_PREVIOUS_KEY, TAG_PREVIOUS_CREATED),
@@ -692,13 +700,19 @@ class Executor:
         )
 
 
+def _resolved(plan: UserPlan) -> EffectivePolicy:
+    """The plan's policy; a plan with steps to carry out always has one (else it is one problem skip)."""
+    assert plan.policy is not None, plan
+    return plan.policy
+
+
 def record_skip(step: Step, outcome: UserOutcome, emit: Callable[[Event], None], sweep_id: str | None) -> None:
     """A planned ``skip``: a per-user problem fails the user (I10); an unproven key is reported loudly."""
     who: _Context = {"account": step.account, "user": step.user, "key_id": step.key_id, "sweep_id": sweep_id}
     if step.unproven:
         emit(KeyOwnershipUnproven(**who, reason=step.reason))
     if step.problem:
-        outcome.failed.append((step, step.reason))
+        outcome.failed.append(Failure(step, UserError(step.user, step.reason)))
         emit(ActionFailed(**who, action=step.action, error=step.reason, error_type="UserError"))
     else:
         outcome.skipped.append(step)
@@ -719,7 +733,7 @@ def run_users(
         except Exception as exc:  # a defect must cost one user, never the whole sweep
             logging.getLogger(__name__).error("executor.unexpected_error", exc_info=True)
             outcome = UserOutcome(user=user, account=executor.inventory.account)
-            outcome.failed.append((None, f"{user}: unexpected {type(exc).__name__} (see the log)"))
+            outcome.failed.append(Failure(None, exc))
             executor._failed(user, None, Action.SKIP, exc)
             return outcome
 

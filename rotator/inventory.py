@@ -26,9 +26,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from rotator.aws import Aws, ReportKey, SecretSummary, UserDetail, same_principal
-from rotator.config import Settings, is_excluded_by_tag, policy_for_user
-from rotator.errors import AwsError, NotFoundError, UserError
+from rotator.config import Settings
+from rotator.errors import AwsError, NotFoundError
 from rotator.model import (
     AWSCURRENT,
     AWSPENDING,
@@ -52,7 +51,10 @@ from rotator.model import (
     UserState,
     version_id_for,
 )
-from rotator.policy import classify
+from rotator.policy import ownership_candidates
+from rotator.ports import AccountPort
+from rotator.records import ReportKey, SecretSummary, UserDetail, same_principal
+from rotator.user_policy import is_excluded_by_tag
 
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
 _LABELS = (AWSCURRENT, AWSPREVIOUS, AWSPENDING)
@@ -126,7 +128,7 @@ def _aware(value: datetime) -> datetime:
 
 
 class Inventory:
-    def __init__(self, aws: Aws, settings: Settings, account: str) -> None:
+    def __init__(self, aws: AccountPort, settings: Settings, account: str) -> None:
         self.aws = aws
         self.settings = settings
         self.account = account
@@ -197,11 +199,7 @@ class Inventory:
         """
         if not self.settings.safety.cloudtrail_lookup:
             return state
-        try:
-            policy = policy_for_user(self.settings, state.tags, state.user)
-        except UserError:
-            return state  # the user is not acted on anyway; its problem is reported
-        candidates = classify(state, policy).unproven
+        candidates = ownership_candidates(state, self.settings.aws.validation_timeout)
         if not candidates:
             return state
         creators = dict(state.creators)

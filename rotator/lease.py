@@ -28,10 +28,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from rotator.aws import Aws
 from rotator.config import Settings
 from rotator.errors import AwsError, ConflictError
 from rotator.events import Event, LeaderChanged, LeaseError
+from rotator.ports import LeaseStore
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Lease:
 
     def __init__(
         self,
-        aws: Aws,
+        aws: LeaseStore,
         table: str,
         *,
         emit: Emit,
@@ -229,7 +229,7 @@ class NoLease:
 
 def lease_for(
     settings: Settings,
-    aws: Aws,
+    aws: LeaseStore,
     emit: Emit,
     clock: Clock,
     *,

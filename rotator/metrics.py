@@ -20,9 +20,19 @@ from rotator.events import (
     KeyPublished,
     LeaderChanged,
     OrphanDeleted,
+    SettingsApplied,
     SweepFinished,
 )
 from rotator.model import Action
+
+#: Events that are one action with one result (``rotator_actions_total``).
+_ACTION_RESULTS: dict[type[Event], tuple[str, str]] = {
+    KeyPublished: (Action.ROTATE.value, "success"),
+    KeyDisabled: (Action.DISABLE.value, "success"),
+    KeyHeld: (Action.DISABLE.value, "held"),
+    KeyDeleted: (Action.DELETE.value, "success"),
+    OrphanDeleted: (Action.CLEANUP.value, "success"),
+}
 
 
 def _ts(value: datetime) -> float:
@@ -93,33 +103,26 @@ class Metrics:
         self.observe(event)
 
     def observe(self, event: Event) -> None:
-        if isinstance(event, AwsCall):
+        """The metrics follow the events, and nothing else (no component sets a metric directly)."""
+        counted = _ACTION_RESULTS.get(type(event))
+        if counted is not None:
+            self.actions.labels(*counted).inc()
+        elif isinstance(event, ActionFailed | ActionSkipped):
+            self.actions.labels(event.action.value, "failure" if isinstance(event, ActionFailed) else "skipped").inc()
+        elif isinstance(event, AwsCall):
             self.aws_calls.labels(event.service, event.operation, event.outcome).inc()
-        elif isinstance(event, KeyPublished):
-            self.actions.labels(Action.ROTATE.value, "success").inc()
-        elif isinstance(event, KeyDisabled):
-            self.actions.labels(Action.DISABLE.value, "success").inc()
-        elif isinstance(event, KeyHeld):
-            self.actions.labels(Action.DISABLE.value, "held").inc()
-        elif isinstance(event, KeyDeleted):
-            self.actions.labels(Action.DELETE.value, "success").inc()
-        elif isinstance(event, OrphanDeleted):
-            self.actions.labels(Action.CLEANUP.value, "success").inc()
-        elif isinstance(event, ActionFailed):
-            self.actions.labels(event.action.value, "failure").inc()
-        elif isinstance(event, ActionSkipped):
-            self.actions.labels(event.action.value, "skipped").inc()
         elif isinstance(event, SweepFinished):
             self.sweeps.labels(event.result).inc()
             self.sweep_duration.observe(event.duration_seconds)
+            self.dry_run.set(1 if event.dry_run else 0)
+            if event.result == "success" and event.finished_at is not None:
+                self.last_success.set(_ts(event.finished_at))
+        elif isinstance(event, SettingsApplied):
             self.dry_run.set(1 if event.dry_run else 0)
         elif isinstance(event, InventorySnapshot):
             self.snapshot(event)
         elif isinstance(event, LeaderChanged):
             self.leader.set(1 if event.leader else 0)
-
-    def sweep_succeeded(self, at: datetime) -> None:
-        self.last_success.set(_ts(at))
 
     def snapshot(self, event: InventorySnapshot) -> None:
         """Set the per-key gauges of one account and remove those of keys that disappeared."""

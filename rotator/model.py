@@ -121,6 +121,32 @@ class AccessKey:
         return self.status is KeyStatus.ACTIVE
 
 
+class SecretText:
+    """A secret string that will not print itself (I7): repr/str show a mask."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "SecretText('****')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """An access key as ``CreateAccessKey`` returned it: the only moment its secret is known."""
+
+    key_id: str
+    secret_access_key: SecretText
+    created: datetime
+
+
 @dataclass(frozen=True)
 class SecretState:
     """What Secrets Manager says about one user's secret, without its value."""
@@ -221,6 +247,19 @@ class UserState:
 
 
 @dataclass(frozen=True)
+class PolicyDefaults:
+    """The configured policy every user starts from (``policy.*`` and ``aws.validation_timeout``)."""
+
+    max_key_age: timedelta
+    grace_period: timedelta
+    retention: timedelta
+    disable_guard: GuardMode = GuardMode.HOLD
+    quiet_period: timedelta = timedelta(hours=4)
+    max_hold: timedelta = timedelta(days=14)
+    validation_timeout: timedelta = timedelta(seconds=120)
+
+
+@dataclass(frozen=True)
 class EffectivePolicy:
     """The policy for one user after per-user tag overrides."""
 
@@ -282,18 +321,6 @@ class Upcoming:
 
 
 @dataclass(frozen=True)
-class UserPlan:
-    account: str
-    user: str
-    steps: tuple[Step, ...] = ()
-    upcoming: tuple[Upcoming, ...] = ()
-
-    @property
-    def mutating_steps(self) -> tuple[Step, ...]:
-        return tuple(step for step in self.steps if step.mutating)
-
-
-@dataclass(frozen=True)
 class RepairNeeded:
     """Records the executor must (re)write because a crash lost them (see docs/design.md)."""
 
@@ -305,3 +332,63 @@ class RepairNeeded:
     @property
     def any(self) -> bool:
         return self.published_key is not None or self.disabled_key is not None or bool(self.stale_user_tags)
+
+
+@dataclass(frozen=True)
+class KeyRoles:
+    """Every key of a user by its role (see :mod:`rotator.policy`)."""
+
+    current: AccessKey | None = None
+    previous: AccessKey | None = None
+    pending: AccessKey | None = None
+    orphans: tuple[AccessKey, ...] = ()
+    foreign: tuple[AccessKey, ...] = ()
+    strays: tuple[AccessKey, ...] = ()
+    unproven: tuple[AccessKey, ...] = ()
+
+    @property
+    def previous_id(self) -> str | None:
+        return self.previous.key_id if self.previous else None
+
+    def role_of(self, key_id: str) -> str:
+        """The role's name for people (``inventory``, the sandbox view)."""
+        for name in ("current", "previous", "pending"):
+            key = getattr(self, name)
+            if key is not None and key.key_id == key_id:
+                return str(name)
+        for name in ("orphans", "unproven", "foreign", "strays"):
+            if any(key.key_id == key_id for key in getattr(self, name)):
+                return {"orphans": "orphan", "strays": "stray"}.get(name, name)
+        return "other"
+
+
+@dataclass(frozen=True)
+class UserPlan:
+    """The complete instruction for one user at one moment: the one thing everybody reads.
+
+    ``policy`` is the user's resolved policy (None when its tags do not resolve: the plan is then a
+    single problem ``skip``), ``roles`` every key's role, ``steps`` what to do now (each names the key it
+    touches), ``upcoming`` what falls due later, ``repairs`` the records a crash kept from being written.
+    """
+
+    account: str
+    user: str
+    steps: tuple[Step, ...] = ()
+    upcoming: tuple[Upcoming, ...] = ()
+    policy: EffectivePolicy | None = None
+    roles: KeyRoles = field(default_factory=KeyRoles)
+    repairs: RepairNeeded = field(default_factory=RepairNeeded)
+
+    @property
+    def mutating_steps(self) -> tuple[Step, ...]:
+        return tuple(step for step in self.steps if step.mutating)
+
+    @property
+    def has_problem(self) -> bool:
+        return any(step.problem for step in self.steps)
+
+    @property
+    def wants_executor(self) -> bool:
+        """Something to change (or to hold and report with fresh data), or records to repair."""
+        wants = any(step.mutating or step.action is Action.HOLD for step in self.steps)
+        return wants or (not self.has_problem and self.repairs.any)

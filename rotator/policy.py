@@ -23,10 +23,9 @@ Key roles (SPEC "Key lifecycle, precisely"):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from rotator.config import format_duration
+from rotator.durations import format_duration
 from rotator.errors import UserError
 from rotator.model import (
     AWSCURRENT,
@@ -40,6 +39,8 @@ from rotator.model import (
     Action,
     EffectivePolicy,
     GuardMode,
+    KeyRoles,
+    PolicyDefaults,
     RepairNeeded,
     Step,
     Upcoming,
@@ -48,24 +49,10 @@ from rotator.model import (
     own_tag,
     parse_instant,
 )
+from rotator.user_policy import resolve_policy
 
 #: IAM allows two access keys per user.
 KEY_SLOTS = 2
-
-
-@dataclass(frozen=True)
-class KeyRoles:
-    current: AccessKey | None
-    previous: AccessKey | None
-    pending: AccessKey | None
-    orphans: tuple[AccessKey, ...]
-    foreign: tuple[AccessKey, ...]
-    strays: tuple[AccessKey, ...]
-    unproven: tuple[AccessKey, ...] = ()
-
-    @property
-    def previous_id(self) -> str | None:
-        return self.previous.key_id if self.previous else None
 
 
 def classify(state: UserState, policy: EffectivePolicy) -> KeyRoles:
@@ -82,6 +69,8 @@ def classify(state: UserState, policy: EffectivePolicy) -> KeyRoles:
         previous = None
     if pending is not None and current is not None and pending.key_id == current.key_id:
         pending = None
+    if pending is not None and previous is not None and pending.key_id == previous.key_id:
+        pending = None  # a stale label on the replaced key's version: that key follows its own schedule (I5)
     referenced = {key.key_id for key in (current, previous, pending) if key is not None}
     orphans: list[AccessKey] = []
     foreign: list[AccessKey] = []
@@ -101,13 +90,28 @@ def classify(state: UserState, policy: EffectivePolicy) -> KeyRoles:
     return KeyRoles(current, previous, pending, tuple(orphans), tuple(foreign), tuple(strays), tuple(unproven))
 
 
+def ownership_candidates(state: UserState, validation_timeout: timedelta) -> tuple[AccessKey, ...]:
+    """The keys CloudTrail should be asked about (the inventory's evidence, before any plan).
+
+    Only a user with an intent mark can have any, so for every other user this costs nothing.
+    """
+    if state.rotation_started is None:
+        return ()
+    durations_unused = timedelta(0)  # classification depends on validation_timeout alone
+    probe = EffectivePolicy(durations_unused, durations_unused, durations_unused, validation_timeout=validation_timeout)
+    return classify(state, probe).unproven
+
+
 def is_proven_own(key: AccessKey, state: UserState) -> bool:
     """The rotator created ``key``, by its own record on the user or by CloudTrail's word.
 
     A time window around a mark is no proof: an operator's key created in that window, or after a
     rotation that failed before CreateAccessKey, would pass for ours (docs/design.md, "Ownership").
     """
-    return key.key_id in state.recorded_own_keys or state.creators.get(key.key_id) is True
+    verdict = state.creators.get(key.key_id)
+    if verdict is False:
+        return False  # CloudTrail names another creator: a record saying otherwise was not ours to trust
+    return key.key_id in state.recorded_own_keys or verdict is True
 
 
 def is_ownership_candidate(key: AccessKey, state: UserState, policy: EffectivePolicy) -> bool:
@@ -127,18 +131,44 @@ def is_ownership_candidate(key: AccessKey, state: UserState, policy: EffectivePo
     return abs(key.created - started) <= policy.validation_timeout
 
 
+def plan_user(state: UserState, defaults: PolicyDefaults, now: datetime) -> UserPlan:
+    """The one plan of ``state`` at ``now``: resolved policy, key roles, steps, upcoming, repairs.
+
+    Everything that shows or acts on a user (``plan``, ``inventory``, the sandbox view, the metrics, the
+    executor) reads this object; nobody resolves a policy or classifies keys again. Pure and total.
+    """
+    try:
+        policy = resolve_policy(defaults, state.tags, state.user)
+    except UserError as exc:
+        step = Step(state.account, state.user, Action.SKIP, None, exc.reason, problem=True)
+        return UserPlan(state.account, state.user, (step,))
+    return decide(state, policy, now)
+
+
 def decide(state: UserState, policy: EffectivePolicy, now: datetime) -> UserPlan:
-    """The steps to take for ``state`` at ``now``; pure and total (never raises)."""
-    planner = _Planner(state, policy, now)
+    """The plan for ``state`` under an already resolved ``policy`` at ``now``; pure and total."""
+    roles = classify(state, policy)
+    planner = _Planner(state, policy, now, roles)
     planner.run()
-    return UserPlan(state.account, state.user, tuple(planner.steps), tuple(planner.upcoming))
+    return UserPlan(
+        state.account,
+        state.user,
+        tuple(planner.steps),
+        tuple(planner.upcoming),
+        policy=policy,
+        roles=roles,
+        repairs=repairs_needed(state, policy, now, roles),
+    )
 
 
 class _Planner:
-    def __init__(self, state: UserState, policy: EffectivePolicy, now: datetime) -> None:
+    def __init__(self, state: UserState, policy: EffectivePolicy, now: datetime, roles: KeyRoles) -> None:
         self.state = state
         self.policy = policy
         self.now = now
+        self.roles = roles
+        #: Key slots freed by steps already planned besides orphan cleanups (an abandoned pending key).
+        self.freed = 0
         self.steps: list[Step] = []
         self.upcoming: list[Upcoming] = []
 
@@ -190,12 +220,12 @@ class _Planner:
         if problem is not None:
             self.step(Action.SKIP, None, problem, problem=True)
             return
-        roles = classify(state, self.policy)
+        roles = self.roles
         for key in roles.foreign:
             self.step(Action.SKIP, key, "foreign active key: held by no secret version; left alone")
         if not self.handle_in_flight(roles):
             return
-        free_slots = KEY_SLOTS - len(state.keys) + len(roles.orphans)
+        free_slots = KEY_SLOTS - len(state.keys) + len(roles.orphans) + self.freed
         if not secret.exists:
             self.bootstrap(roles, free_slots)
             return
@@ -246,7 +276,8 @@ class _Planner:
                 "pending key was disabled before publication: rotation abandoned",
                 _after(pending.created, window),
             )
-            return False  # the next sweep decides afresh on the freed slot
+            self.freed += 1  # its slot is free again: the rest of the plan may use it (I2)
+            return not in_flight
         if pending is not None:
             due = _after(pending.created, window)
             # Not while another run's new key is still in flight: publishing the pending key would
@@ -283,11 +314,12 @@ class _Planner:
         if replaced is not None:
             # The pre-existing key is replaced; it is not foreign but the future previous key.
             self.steps = [s for s in self.steps if s.key_id != replaced.key_id]
-        reason = (
-            "no secret yet: bootstrap, the existing key becomes the previous key"
-            if replaced
-            else "no secret and no key yet: create the first key"
-        )
+        if replaced:
+            reason = "no secret yet: bootstrap, the existing key becomes the previous key"
+        elif roles.unproven:
+            reason = "no secret yet: create the first key (beside a key of unproven ownership)"
+        else:
+            reason = "no secret and no key yet: create the first key"
         self.rotate_with_slot(roles, free_slots, reason, self.now, replaced=replaced)
 
     # -- the previous key: grace, guard, disable, retention, delete -----------------------------
@@ -464,7 +496,9 @@ def _after(instant: datetime, delta: timedelta) -> datetime:
         return datetime.max.replace(tzinfo=instant.tzinfo)
 
 
-def repairs_needed(state: UserState, policy: EffectivePolicy, now: datetime | None = None) -> RepairNeeded:
+def repairs_needed(
+    state: UserState, policy: EffectivePolicy, now: datetime | None = None, roles: KeyRoles | None = None
+) -> RepairNeeded:
     """Records a crash (or a lost answer) kept from being written or removed; the executor mends them.
 
     Timestamps are recorded as "now". Stale user tags are removed: an ownership record of a key a secret
@@ -475,7 +509,7 @@ def repairs_needed(state: UserState, policy: EffectivePolicy, now: datetime | No
     secret = state.secret
     if secret.exists and not secret.managed:
         return RepairNeeded()
-    roles = classify(state, policy)
+    roles = roles or classify(state, policy)
     stale: list[str] = []
     if now is not None:
         window = policy.in_flight_window
@@ -519,15 +553,9 @@ def decide_forced(state: UserState, policy: EffectivePolicy, now: datetime, *, r
             f"a rotation is in flight (key {in_flight[0].key_id}); "
             f"try again after {_after(in_flight[0].created, policy.in_flight_window).isoformat()}",
         )
-    planner = _Planner(state, policy, now)
+    planner = _Planner(state, policy, now, roles)
     for key in roles.orphans:
         planner.step(Action.CLEANUP, key, "orphan of an interrupted rotation: held by no secret", now)
-    if roles.unproven and len(state.keys) - len(roles.orphans) >= KEY_SLOTS:
-        raise UserError(
-            state.user,
-            f"key {roles.unproven[0].key_id} of an interrupted rotation holds a slot and its owner is unproven; "
-            "delete it by hand once you know it is not in use",
-        )
     free_slots = KEY_SLOTS - len(state.keys) + len(roles.orphans)
     replaced = roles.current
     if not secret.exists:
@@ -548,10 +576,18 @@ def decide_forced(state: UserState, policy: EffectivePolicy, now: datetime, *, r
         planner.step(Action.DELETE, strays.pop(0), "inactive key tracked by no secret: frees a key slot", now)
         free_slots += 1
     if free_slots < 1:
-        blockers = ", ".join(k.key_id for k in roles.foreign) or "keys of the user"
+        blockers = ", ".join(k.key_id for k in (*roles.foreign, *roles.unproven)) or "keys of the user"
         raise UserError(state.user, f"no free key slot (held by {blockers})")
     no_room = tag_room_problem(state)
     if no_room is not None:
         raise UserError(state.user, no_room)
     planner.step(Action.ROTATE, replaced, "forced rotation" + (" with --revoke" if revoke else ""), now)
-    return UserPlan(state.account, state.user, tuple(planner.steps), ())
+    return UserPlan(
+        state.account,
+        state.user,
+        tuple(planner.steps),
+        (),
+        policy=policy,
+        roles=roles,
+        repairs=repairs_needed(state, policy, now, roles),
+    )

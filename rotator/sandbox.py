@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from rotator.cli import format_age, format_table
 from rotator.errors import UsageError
 from rotator.events import InventorySnapshot, SweepFinished
+from rotator.render import format_age, format_table
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -81,26 +81,21 @@ def _backdate(user: str, key_id: str, age: timedelta) -> datetime:
 
 def seed(url: str, phase: float) -> Fleet:
     """Seed the fleet; returns what was made. Users already rotated before are adopted secrets."""
-    import boto3  # noqa: PLC0415 - only the sandbox seeds
-
-    from rotator.aws import NewKey, SecretText  # noqa: PLC0415
+    from rotator.aws import static_client  # noqa: PLC0415 - only the sandbox seeds (its own emulator)
     from rotator.executor import credential_document  # noqa: PLC0415
     from rotator.model import (  # noqa: PLC0415
         TAG_CURRENT_CREATED,
         TAG_CURRENT_KEY,
         TAG_MANAGED,
         TAG_PUBLISHED_AT,
+        NewKey,
+        SecretText,
         version_id_for,
     )
 
-    creds: dict[str, Any] = {
-        "endpoint_url": url,
-        "region_name": REGION,
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-    }
-    iam = boto3.client("iam", **creds)
-    secrets = boto3.client("secretsmanager", **creds)
+    creds: dict[str, str] = {"endpoint_url": url, "region": REGION, "key_id": "testing", "secret": "testing"}
+    iam = static_client("iam", **creds)
+    secrets = static_client("secretsmanager", **creds)
     fleet = Fleet()
     p = timedelta(seconds=phase)
 
@@ -173,15 +168,9 @@ class Consumer(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        import boto3  # noqa: PLC0415
+        from rotator.aws import static_client  # noqa: PLC0415
 
-        sts = boto3.client(
-            "sts",
-            endpoint_url=self.url,
-            region_name=REGION,
-            aws_access_key_id=self.key[0],
-            aws_secret_access_key=self.key[1],
-        )
+        sts = static_client("sts", endpoint_url=self.url, region=REGION, key_id=self.key[0], secret=self.key[1])
         while time.monotonic() < self.until and not self.stopped.wait(CONSUMER_PERIOD):
             with contextlib.suppress(Exception):  # the key may be disabled: that is the point
                 sts.get_caller_identity()
@@ -238,9 +227,6 @@ class View:
         if snapshot is None:
             return "(waiting for the first sweep)"
         for state, plan in zip(snapshot.states, snapshot.plans, strict=True):
-            secret = state.secret
-            current = secret.key_in("AWSCURRENT")
-            previous = secret.key_in("AWSPREVIOUS") or (current and secret.tags.get("rotator:previous-key-id"))
             upcoming = sorted(plan.upcoming, key=lambda u: u.due_at)
             acting = [s for s in plan.steps if s.action.value != "skip"]
             waiting = [s for s in plan.steps if s.action.value == "skip" and s.due_at is not None]
@@ -253,9 +239,8 @@ class View:
             else:
                 nxt = "-"
             for index, key in enumerate(sorted(state.keys, key=lambda k: k.created)):
-                role = "current" if key.key_id == current else "previous" if key.key_id == previous else "-"
-                if role == "-" and current and key.active:
-                    role = "foreign"
+                role = plan.roles.role_of(key.key_id)  # the plan's roles: the same as plan and inventory
+                role = "-" if role == "other" else role
                 first = index == 0
                 rows.append(
                     [

@@ -19,8 +19,15 @@ from typing import Any
 
 import pytest
 from helpers import REGION, MotoServer, aws_env, client, free_port  # noqa: F401 - tests import them from here
+from hypothesis import settings as hypothesis_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# CI replays the same examples every run (a red CI then means a change broke something, and it reproduces);
+# a developer's run explores new ones each time.
+hypothesis_settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 @dataclass

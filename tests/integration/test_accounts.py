@@ -232,7 +232,7 @@ def test_a_failing_listing_is_an_error_not_no_accounts(aws: AwsEnv, tmp_path: Pa
     config = write_config(tmp_path, FAST_CONFIG + f"organization: {{role_name: {ROLE}}}\n")
     report = App(load_settings(str(config)), log=False).sweep()
     assert report.result == "failure" and report.views == []
-    assert any("organizations:ListAccounts" in error for error in report.errors)
+    assert any("organizations:ListAccounts" in failure.message for failure in report.errors)
     # An OU that does not exist fails the listing (ListAccountsForParent): exit 1, nothing done.
     organization(aws)
     config = write_config(

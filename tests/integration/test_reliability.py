@@ -929,8 +929,8 @@ def test_a_pending_key_disabled_by_an_operator_is_abandoned_then_rotated_again(
     aws: AwsEnv, proxied_aws: AwsEnv, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
     """Item 8: killed after PutSecretValue (the 4th mutating call: mark, create, record, put), the new key pending;
-    an operator disables it. After the window a sweep abandons it (``key.orphan_deleted``, AWSPENDING removed) and
-    the next sweep rotates again successfully."""
+    an operator disables it. After the window a sweep abandons it (``key.orphan_deleted``, AWSPENDING removed) and,
+    the slot free again, rotates anew in the same sweep."""
     outputs: list[str] = []
     cfg = config(tmp_path, max_key_age="1s")
     current = bootstrapped(aws, tmp_path, "alice")["alice"]
@@ -942,21 +942,22 @@ def test_a_pending_key_disabled_by_an_operator_is_abandoned_then_rotated_again(
     aws.iam.update_access_key(UserName="alice", AccessKeyId=pending, Status="Inactive")
 
     wait_past_window(created_at(aws, "alice")[pending])
-    abandon = cli(["sweep"], proxied_aws, cfg, outputs)
-    no_traceback(abandon)
-    assert abandon.returncode == 0, abandon.describe()
-    assert [e["key_id"] for e in abandon.named("key.orphan_deleted")] == [pending], abandon.describe()
+    # One sweep abandons the pending key and, the slot free again, rotates the overdue key at once (I2).
+    sweep = cli(["sweep"], proxied_aws, cfg, outputs)
+    no_traceback(sweep)
+    assert sweep.returncode == 0, sweep.describe()
+    assert [e["key_id"] for e in sweep.named("key.orphan_deleted")] == [pending], sweep.describe()
+    (published,) = [e["key_id"] for e in sweep.named("rotation.published")]
+    assert published != pending
     assert not any("AWSPENDING" in s for s in aws.stages("alice").values()), aws.stages("alice")
-    assert aws.keys("alice") == {current: "Active"}
-    assert assert_current_works(aws, "alice") == current
+    assert assert_current_works(aws, "alice") == published
+    assert aws.keys("alice") == {current: "Active", published: "Active"}
+    assert secret_tags(aws, "alice")[TAG_PREVIOUS_KEY] == current
     assert in_flight_tags(aws, "alice") == []
 
     again = cli(["sweep"], proxied_aws, cfg, outputs)
     assert again.returncode == 0, again.describe()
-    (published,) = [e["key_id"] for e in again.named("rotation.published")]
-    assert assert_current_works(aws, "alice") == published
-    assert aws.keys("alice") == {current: "Active", published: "Active"}
-    assert secret_tags(aws, "alice")[TAG_PREVIOUS_KEY] == current
+    assert not again.named("rotation.key_created") and not again.named("key.orphan_deleted"), again.describe()
     assert_no_secrets(outputs, aws.created_secrets)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -14,19 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from rotator.config import (
-    Settings,
-    format_duration,
-    is_excluded_by_tag,
-    load_settings,
-    parse_duration,
-    policy_for_user,
-    render_reference_markdown,
-    resolve_config_path,
-)
+from rotator.config import Settings, load_settings, policy_for_user, resolve_config_path
+from rotator.durations import format_duration, parse_duration
 from rotator.errors import ConfigError, UserError
 from rotator.inventory import secret_name
 from rotator.model import EffectivePolicy, GuardMode
+from rotator.user_policy import is_excluded_by_tag
+
+# scripts/ is not a package: its modules import by name once it is on the path, as in scripts/update-readme.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from config_reference import render_reference_markdown
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "rotator.yaml"
 DURATION_HINT = "(use e.g. 45s, 15m, 12h, 90d, 2w)"
@@ -260,6 +259,14 @@ def test_a_100_year_duration_is_accepted(load: Callable[..., Settings], key: str
 def test_parse_duration_caps_at_100_years(text: str) -> None:
     with pytest.raises(ValueError, match=r": too large \(at most 36500d, about 100 years\)$"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("module", ["rotator.durations", "rotator.policy"])
+def test_the_pure_core_imports_without_pydantic_or_yaml(module: str) -> None:
+    # A fresh interpreter: in this one the tests have long imported both.
+    check = f"import sys, {module}; print(sorted({{'pydantic', 'yaml'}} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", f"importing {module} loads {result.stdout.strip()}"
 
 
 def test_a_huge_user_tag_is_that_users_problem() -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -15,7 +19,7 @@ import pytest
 
 from rotator.app import App
 from rotator.config import ScheduleSettings, Settings
-from rotator.daemon import Daemon, DaemonTiming, retry_delay, retry_time, trigger_for
+from rotator.daemon import Daemon, DaemonTiming, retry_delay, retry_time, trigger_for, validate_cron
 from rotator.errors import ConfigError
 from rotator.events import AwsCall, SweepFinished
 from rotator.sdnotify import Notifier
@@ -45,6 +49,26 @@ def test_retry_never_passes_the_next_regular_slot(
     delay: timedelta, next_slot: datetime | None, expected: datetime | None
 ) -> None:
     assert retry_time(NOW, delay, next_slot) == expected
+
+
+@pytest.mark.parametrize("expression", ["0 3 * * *", "*/5 * * * 1-5"])
+def test_validate_cron_accepts_five_field_crontabs(expression: str) -> None:
+    validate_cron(expression)
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("0 3 * *", "invalid cron expression '0 3 * *': Wrong number of fields"),
+        ("99 3 * * *", "invalid cron expression '99 3 * * *': "),
+        ("@daily", "invalid cron expression '@daily': "),
+        ("x" * 500, "invalid cron expression '" + "x" * 57 + "...': "),
+    ],
+)
+def test_validate_cron_names_the_expression_and_what_is_wrong(expression: str, message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        validate_cron(expression)
+    assert str(raised.value).startswith(message)
 
 
 def test_interval_and_cron_triggers_are_utc() -> None:
@@ -141,7 +165,7 @@ def test_healthz_follows_the_heartbeat(clock: FakeClock) -> None:
 
 def test_a_stalled_sweep_stops_the_heartbeat(clock: FakeClock) -> None:
     daemon = make_daemon(clock, timing=DaemonTiming(stall_timeout=timedelta(seconds=60)))
-    daemon._sweeping_since = clock.now
+    daemon.state.sweep_started()
     clock.now += 30
     daemon._heartbeat()
     assert daemon.health()[0] == 200, "a long sweep that makes progress is alive"
@@ -228,7 +252,7 @@ def test_reload_refuses_a_broken_file_and_applies_a_valid_one(clock: FakeClock) 
         return result
 
     daemon = make_daemon(clock, load=load)
-    daemon.scheduler.start(paused=True)
+    daemon.scheduler.start_paused()
     try:
         daemon._schedule()
         old = daemon.app.settings
@@ -237,10 +261,10 @@ def test_reload_refuses_a_broken_file_and_applies_a_valid_one(clock: FakeClock) 
         assert daemon.reload() is True
         assert daemon.app.settings.safety.dry_run is True
         assert daemon.app.metrics.dry_run._value.get() == 1
-        job = daemon.scheduler.get_job("sweep")
+        job = daemon.scheduler.job("sweep")
         assert job.trigger.interval == timedelta(minutes=5)
     finally:
-        daemon.scheduler.shutdown(wait=False)
+        daemon.scheduler.shutdown()
 
 
 def test_a_signal_delivered_to_another_thread_wakes_the_main_loop(clock: FakeClock) -> None:
@@ -262,3 +286,84 @@ def test_a_signal_delivered_to_another_thread_wakes_the_main_loop(clock: FakeClo
         signal.set_wakeup_fd(-1)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def test_the_first_sweep_and_a_retry_take_their_time_from_the_app_clock(clock: FakeClock) -> None:
+    """Time is an argument: the daemon reads the App's clock, not datetime.now."""
+    daemon = make_daemon(clock, settings=Settings.model_validate({"schedule": {"interval": "1h"}}))
+    daemon.scheduler.start_paused()
+    try:
+        daemon._schedule()
+        assert daemon.scheduler.job("sweep").next_run_time == NOW, "the first sweep at start-up"
+        daemon.scheduler.after_sweep("failure", NOW - 600 * S)  # ten minutes before the next slot
+        assert daemon.scheduler.job("sweep-retry").next_run_time == NOW - 570 * S
+        daemon.scheduler.after_sweep("success", NOW - 570 * S)
+        assert daemon.scheduler.job("sweep-retry") is None, "a success cancels the retry"
+        daemon.scheduler.after_sweep("failure", NOW - 10 * S)
+        assert daemon.scheduler.job("sweep-retry") is None, "the next slot comes first: it is the retry"
+    finally:
+        daemon.scheduler.shutdown()
+
+
+# -- who imports APScheduler -------------------------------------------------------------------
+
+ROTATOR = Path(__file__).resolve().parents[2] / "rotator"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_only_the_scheduling_module_imports_apscheduler() -> None:
+    importers = {
+        path.relative_to(ROTATOR.parent).as_posix()
+        for path in ROTATOR.rglob("*.py")
+        if any(name.split(".")[0] == "apscheduler" for name in _imported_modules(path))
+    }
+    assert importers == {"rotator/daemon/scheduling.py"}
+
+
+def test_loading_the_config_imports_apscheduler_only_to_validate_a_cron(tmp_path: Path) -> None:
+    """Loading the configuration loads no daemon; a cron loads the scheduling module, not the App."""
+    (tmp_path / "interval.yaml").write_text("schedule: {interval: 1h}\n", encoding="utf-8")
+    (tmp_path / "cron.yaml").write_text('schedule: {cron: "0 3 * * *"}\n', encoding="utf-8")
+    script = textwrap.dedent(
+        """
+        import sys
+
+        def loaded():
+            return sorted(m for m in sys.modules if m.split(".")[0] == "apscheduler" or m.startswith("rotator."))
+
+        def load(name):
+            return load_settings(sys.argv[1] + "/" + name, env={}, default_path=sys.argv[1] + "/absent.yaml")
+
+        from rotator.config import load_settings
+        at_import = loaded()
+        assert load("interval.yaml").schedule.cron is None
+        after_interval = loaded()
+        assert load("cron.yaml").schedule.cron == "0 3 * * *"
+        after_cron = loaded()
+        print(repr((at_import, after_interval, after_cron)))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True, timeout=60
+    )
+    at_import, after_interval, after_cron = ast.literal_eval(result.stdout.strip())
+
+    def daemon_or_apscheduler(modules: list[str]) -> set[str]:
+        return {m for m in modules if m.split(".")[0] == "apscheduler" or m.startswith("rotator.daemon")}
+
+    assert daemon_or_apscheduler(at_import) == set()
+    assert daemon_or_apscheduler(after_interval) == set()
+    assert "apscheduler.triggers.cron" in after_cron
+    assert {"rotator.daemon", "rotator.daemon.scheduling"} <= set(after_cron)
+    assert not {"rotator.daemon.loop", "rotator.daemon.health", "rotator.app"} & set(after_cron), (
+        "validating a cron loads the scheduling module only"
+    )

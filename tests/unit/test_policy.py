@@ -963,10 +963,12 @@ CASES = [
         Case(
             in_flight_user(key(PEND, INACTIVE, created=PENDING.created), pending=PEND),
             PENDING_DUE,
-            [cleanup(PEND, "pending key was disabled before publication: rotation abandoned", due_at=PENDING_DUE)],
-            upcoming=[],
+            [
+                cleanup(PEND, "pending key was disabled before publication: rotation abandoned", due_at=PENDING_DUE),
+                rotate(CUR, "max_key_age"),  # the freed slot serves the overdue rotation in the same sweep
+            ],
         ),
-        id="disabled-pending-key-past-window-abandoned-nothing-else",
+        id="disabled-pending-key-past-window-abandoned-then-rotated",
     ),
     pytest.param(
         Case(
@@ -1025,6 +1027,34 @@ def test_decide(case: Case) -> None:
 def test_decide_is_a_pure_function_of_its_arguments() -> None:
     state = steady(previous=key(PRE, created=at(days=-90), last_used=DISABLE_DUE - timedelta(hours=1)))
     assert decide(state, policy(), DISABLE_DUE) == decide(state, policy(), DISABLE_DUE)
+
+
+# Gaps the property tests found in the policy (fixed): each stays as a regression test.
+
+
+def test_a_disabled_previous_key_that_also_carries_awspending_waits_out_its_retention() -> None:
+    state = user(
+        CURRENT,
+        key(PRE, INACTIVE, created=at(days=-90)),
+        secret=secret(current=CUR, previous=PRE, pending=PRE, tags={**PUBLISHED_AT_T0, **disabled(PRE, at(days=1))}),
+    )
+
+    plan = decide(state, policy(), at(days=2))
+
+    assert not [s for s in plan.steps if s.key_id == PRE and s.mutating], plan.steps
+
+
+def test_abandoning_a_disabled_pending_key_still_replaces_a_missing_current_key() -> None:
+    state = user(
+        key(PEND, INACTIVE, created=PENDING.created),
+        secret=secret(current=GONE, pending=PEND),
+        tags=started(MARK),
+    )
+
+    plan = decide(state, policy(), PENDING_DUE)
+
+    # I2's policy half (assert_live): the plan rotates, or says why it cannot.
+    assert {s.action for s in plan.steps} & {Action.ROTATE, Action.SKIP}, plan.steps
 
 
 # -- decide_forced: ``rotator rotate USER [--revoke]`` -----------------------------------------------------
@@ -1133,7 +1163,7 @@ FORCED_REFUSALS = [
         in_flight_user(ORPHAN),
         True,
         ORPHAN_DUE + timedelta(days=1),
-        f"key {NEW} of an interrupted rotation holds a slot and its owner is unproven",
+        f"no free key slot (held by {NEW})",
         id="unrecorded-key-near-mark-holds-the-slot",
     ),
     pytest.param(
@@ -1475,9 +1505,9 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         # Whose keys the secret holds: its tag, or the user a resolved AWSCURRENT version names (a
         # name template that maps two users onto one secret, or a secret copied by hand).
         if often(2):
-            tags[TAG_USER] = draw(st.sampled_from(("alice", "alice", "alice", "bob", "")))
+            tags[TAG_USER] = draw(st.sampled_from(("alice", "alice", "alice", "alice", "bob", "")))
         version_users = (
-            {draw(st.sampled_from(sorted(versions))): draw(st.sampled_from(("alice", "alice", "bob")))}
+            {draw(st.sampled_from(sorted(versions))): draw(st.sampled_from(("alice", "alice", "alice", "bob")))}
             if versions and often(2)
             else {}
         )
@@ -1489,13 +1519,15 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             version_keys=version_keys,
             tags=tags,
             version_users=version_users,
-            deleted=draw(st.integers(0, 19)) == 0,
+            deleted=draw(st.integers(0, 39)) == 0,
         )
 
     user_tags: dict[str, str] = {}
     if not often(6):
         if keys and often(5):
-            near = draw(st.sampled_from(keys)).created + timedelta(seconds=draw(st.integers(-300, 300)))
+            # Seconds apart (a run's own key, or an operator's made in the same minute), or minutes.
+            skew = draw(st.integers(-2, 2)) if often(5) else draw(st.integers(-300, 300))
+            near = draw(st.sampled_from(keys)).created + timedelta(seconds=skew)
             user_tags[USER_TAG_ROTATION_STARTED] = near.isoformat()
         else:
             user_tags[USER_TAG_ROTATION_STARTED] = stamp()
@@ -1558,9 +1590,11 @@ def proven_own(state: UserState, candidate: AccessKey) -> bool:
     """The only proofs that the rotator created a key: its record on the user, or CloudTrail's word.
 
     A key created near the ``rotator:rotation-started`` mark is *not* proven: an operator may have
-    created it in the same minute.
+    created it in the same minute. CloudTrail naming another creator outweighs a record (anyone allowed to
+    tag the user could write one).
     """
-    return own_tag(candidate.key_id) in state.tags or state.creators.get(candidate.key_id) is True
+    verdict = state.creators.get(candidate.key_id)
+    return verdict is not False and (own_tag(candidate.key_id) in state.tags or verdict is True)
 
 
 def provable_orphan(state: UserState, candidate: AccessKey) -> bool:
@@ -1654,13 +1688,21 @@ def assert_safe(scenario: Scenario, plan: UserPlan) -> None:
     # key is created beside a pending one.
     if in_flight_keys(scenario):
         assert not [s for s in plan.steps if s.mutating and s.action is not Action.CLEANUP], plan.steps
-    if pending_key_id(state) is not None:
+    if pending_key_id(state) is not None and not abandoned_pending(state, plan):
         assert created == 0
 
 
+def abandoned_pending(state: UserState, plan: UserPlan) -> bool:
+    """The plan gives up a pending key (disabled before publication): its slot is free for a rotation."""
+    return any(s.action is Action.CLEANUP and s.key_id == pending_key_id(state) for s in plan.steps)
+
+
 def pending_key_id(state: UserState) -> str | None:
+    """AWSPENDING's key, unless it is the current or the tracked previous key (a stale label there)."""
     pending = state.secret.key_in(AWSPENDING) if state.secret.exists else None
-    return pending if state.key(pending) is not None and pending != current_key_id(state) else None
+    if state.key(pending) is None or pending in (current_key_id(state), tracked_previous_id(state)):
+        return None
+    return pending
 
 
 def in_flight_keys(scenario: Scenario) -> list[AccessKey]:

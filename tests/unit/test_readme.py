@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from rotator.cli import build_parser
-from rotator.config import render_reference_markdown
 from rotator.metrics import Metrics
+
+# scripts/ is not a package: its modules import by name once it is on the path, as in scripts/update-readme.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from config_reference import render_reference_markdown
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -33,5 +33,5 @@ def test_an_unexpected_error_fails_that_user_and_the_others_proceed() -> None:
     outcomes = run_users(lambda: _Executor(events), ["a", "bad-1", "b"], Budget(None))  # type: ignore[arg-type,return-value]
     assert [o.user for o in outcomes] == ["a", "bad-1", "b"]
     assert [bool(o.failed) for o in outcomes] == [False, True, False]
-    assert "unexpected TypeError" in outcomes[1].failed[0][1]
+    assert "unexpected TypeError" in outcomes[1].failed[0].message
     assert [e.user for e in events if isinstance(e, ActionFailed)] == ["bad-1"]

@@ -1,0 +1,220 @@
+"""The executor against the in-memory AWS (``tests/fakes.py``): the call sequences of docs/design.md, fast.
+
+Each test builds the world, an ``Inventory`` and an ``Executor`` on the same ports, and reads the result
+from the world (keys, secret versions and labels, tags) and from the events: the same facts the moto
+integration tests read, without a server. Faults are injected at the port (``faults.before``/``fail``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import TypeVar
+
+import pytest
+from fakes import FakeAccount
+from helpers import MUTATING
+
+from rotator.config import Settings
+from rotator.events import ActionSkipped, Event, KeyCreated, KeyDisabled, KeyPublished, KeyWithdrawn
+from rotator.executor import Budget, Executor, UserOutcome
+from rotator.inventory import Inventory
+from rotator.model import (
+    AWSCURRENT,
+    AWSPENDING,
+    AWSPREVIOUS,
+    TAG_CURRENT_KEY,
+    TAG_DISABLED_KEY,
+    TAG_MANAGED,
+    TAG_PREVIOUS_KEY,
+    TAG_PUBLISHED_AT,
+    TAG_USER,
+    Action,
+    KeyStatus,
+    version_id_for,
+)
+
+USER = "app"
+SECRET = f"iam-keys/{USER}"
+DAY = timedelta(days=1)
+E = TypeVar("E", bound=Event)
+
+
+class World:
+    """One fake account, the settings and the events: ``run()`` is one executor pass over ``USER``."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.fake = FakeAccount()
+        self.settings = settings or Settings()
+        self.events: list[Event] = []
+
+    def run(self, user: str = USER) -> UserOutcome:
+        self.fake.faults.calls.clear()
+        self.events.clear()
+        inventory = Inventory(self.fake.ports, self.settings, self.fake.account)
+        executor = Executor(
+            self.fake.ports,
+            inventory,
+            self.settings,
+            self.events.append,
+            self.fake.clock,
+            sleep=self.fake.clock.sleep,
+            sweep_id="fake-sweep",
+        )
+        return executor.run_user(user, Budget(None))
+
+    def mutations(self) -> list[str]:
+        return [call for call in self.fake.faults.calls if call.split(":")[1] in MUTATING]
+
+    def events_of(self, kind: type[E]) -> list[E]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+    def current_key(self) -> str:
+        document = json.loads(self.fake.secrets.value(SECRET))
+        key_id = document["AccessKeyId"]
+        assert isinstance(key_id, str)
+        return key_id
+
+    def user_tags(self) -> dict[str, str]:
+        return dict(self.fake.iam.users[USER].tags)
+
+
+def published(world: World) -> str:
+    """A user whose only key was bootstrapped into its secret by the rotator; returns that key."""
+    world.fake.iam.add_user(USER)
+    outcome = world.run()
+    assert [step.action for step in outcome.done] == [Action.ROTATE]
+    return world.current_key()
+
+
+def rotated(world: World) -> tuple[str, str]:
+    """``published``, then aged past ``max_key_age`` and rotated: (previous, current)."""
+    first = published(world)
+    world.fake.clock.advance(world.settings.policy.max_key_age + DAY)
+    outcome = world.run()
+    assert [step.action for step in outcome.done] == [Action.ROTATE]
+    return first, world.current_key()
+
+
+def test_bootstrap_validates_the_new_key_before_the_secret_exists() -> None:
+    world = World()
+    world.fake.iam.add_user(USER)
+    old = world.fake.iam.add_key(USER, age=100 * DAY).key_id
+
+    outcome = world.run()
+
+    assert [step.action for step in outcome.done] == [Action.ROTATE]
+    assert world.mutations() == [
+        "iam:TagUser",  # intent mark
+        "iam:CreateAccessKey",
+        "iam:TagUser",  # ownership record
+        "secretsmanager:CreateSecret",
+        "iam:UntagUser",  # record and mark have done their work
+        "secretsmanager:TagResource",  # published-at
+    ]
+    calls = world.fake.faults.calls
+    assert calls.index("sts:GetCallerIdentity") < calls.index("secretsmanager:CreateSecret")
+    new = world.current_key()
+    assert new != old
+    assert world.fake.iam.keys(USER) == {old: KeyStatus.ACTIVE, new: KeyStatus.ACTIVE}
+    assert world.fake.secrets.stages(SECRET) == {version_id_for(new): (AWSCURRENT,)}
+    tags = world.fake.secrets.store[SECRET].tags
+    assert tags[TAG_MANAGED] == "true"
+    assert tags[TAG_USER] == USER
+    assert (tags[TAG_CURRENT_KEY], tags[TAG_PREVIOUS_KEY]) == (new, old)
+    assert TAG_PUBLISHED_AT in tags
+    assert world.user_tags() == {"rotator": "enabled"}
+    assert [e.key_id for e in world.events_of(KeyCreated)] == [new]
+    assert [e.key_id for e in world.events_of(KeyPublished)] == [new]
+
+
+def test_an_old_key_is_rotated_through_awspending_and_the_old_version_becomes_previous() -> None:
+    world = World()
+    old = published(world)
+    world.fake.clock.advance(world.settings.policy.max_key_age + DAY)
+
+    outcome = world.run()
+
+    assert [step.action for step in outcome.done] == [Action.ROTATE]
+    assert world.mutations() == [
+        "iam:TagUser",
+        "iam:CreateAccessKey",
+        "iam:TagUser",
+        "secretsmanager:PutSecretValue",  # AWSPENDING
+        "secretsmanager:UpdateSecretVersionStage",  # AWSCURRENT -> the new version
+        "iam:UntagUser",
+        "secretsmanager:UpdateSecretVersionStage",  # AWSPENDING removed
+        "secretsmanager:TagResource",
+    ]
+    new = world.current_key()
+    assert world.fake.secrets.stages(SECRET) == {
+        version_id_for(new): (AWSCURRENT,),
+        version_id_for(old): (AWSPREVIOUS,),
+    }
+    assert world.fake.iam.keys(USER) == {old: KeyStatus.ACTIVE, new: KeyStatus.ACTIVE}
+    assert world.fake.secrets.store[SECRET].tags[TAG_PREVIOUS_KEY] == old
+    assert world.user_tags() == {"rotator": "enabled"}
+
+
+def test_the_previous_key_is_disabled_after_the_grace_period_then_deleted_after_retention() -> None:
+    world = World()
+    old, new = rotated(world)
+    policy = world.settings.policy
+
+    world.fake.clock.advance(policy.grace_period - DAY)
+    assert world.run().done == []  # still in its grace period
+    world.fake.clock.advance(2 * DAY)
+    outcome = world.run()
+
+    assert [(step.action, step.key_id) for step in outcome.done] == [(Action.DISABLE, old)]
+    assert world.fake.iam.keys(USER) == {old: KeyStatus.INACTIVE, new: KeyStatus.ACTIVE}
+    assert world.fake.secrets.store[SECRET].tags[TAG_DISABLED_KEY] == old
+    assert [e.key_id for e in world.events_of(KeyDisabled)] == [old]
+
+    world.fake.clock.advance(policy.retention + DAY)
+    outcome = world.run()
+
+    assert [(step.action, step.key_id) for step in outcome.done] == [(Action.DELETE, old)]
+    assert world.fake.iam.keys(USER) == {new: KeyStatus.ACTIVE}
+    assert world.current_key() == new
+
+
+def test_a_key_created_concurrently_wins_the_slot_and_the_rotation_steps_back() -> None:
+    """IAM's two-key limit decides a race (I8): the loser removes its mark and touches nothing else."""
+    world = World()
+    current = published(world)
+    world.fake.clock.advance(world.settings.policy.max_key_age + DAY)
+    operator: list[str] = []
+    world.fake.faults.before("CreateAccessKey", lambda: operator.append(world.fake.iam.add_key(USER).key_id))
+
+    outcome = world.run()
+
+    assert outcome.done == []
+    assert [step.action for step in outcome.skipped] == [Action.ROTATE]
+    assert "key limit reached" in outcome.skipped[0].reason
+    assert world.fake.iam.keys(USER) == {current: KeyStatus.ACTIVE, operator[0]: KeyStatus.ACTIVE}
+    assert world.current_key() == current
+    assert world.user_tags() == {"rotator": "enabled"}  # the intent mark is gone
+    assert world.events_of(KeyCreated) == []
+    assert len(world.events_of(ActionSkipped)) == 1
+
+
+@pytest.mark.parametrize("maybe_acted", [False, True], ids=["definite", "answer-lost-not-stored"])
+def test_a_new_key_whose_secret_version_cannot_be_written_is_withdrawn(maybe_acted: bool) -> None:
+    world = World()
+    current = published(world)
+    world.fake.clock.advance(world.settings.policy.max_key_age + DAY)
+    versions_before = world.fake.secrets.stages(SECRET)
+    world.fake.faults.fail("PutSecretValue", maybe_acted=maybe_acted)
+
+    outcome = world.run()
+
+    assert outcome.done == []
+    assert len(outcome.failed) == 1
+    [created] = [e.key_id for e in world.events_of(KeyCreated)]
+    assert [e.key_id for e in world.events_of(KeyWithdrawn)] == [created]
+    assert world.fake.iam.keys(USER) == {current: KeyStatus.ACTIVE}
+    assert world.fake.secrets.stages(SECRET) == versions_before
+    assert not any(AWSPENDING in stages for stages in world.fake.secrets.stages(SECRET).values())
+    assert world.user_tags() == {"rotator": "enabled"}  # no record or mark outlives the attempt
+    assert world.current_key() == current
