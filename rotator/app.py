@@ -15,7 +15,7 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry
 
-from rotator.aws import Aws, Boundary, RateLimiter, now_utc, session_from_environment
+from rotator.aws import Aws, Boundary, RateLimiter, now_utc, session_from_environment, static_session
 from rotator.config import Settings
 from rotator.errors import AwsError, DryRunRefusedError, NotManagedError, RotatorError
 from rotator.events import ActionFailed, EventBus, InventorySnapshot, SweepFinished, SweepStarted
@@ -27,6 +27,16 @@ from rotator.model import Action, UserPlan, UserState
 from rotator.policy import plan_user
 
 Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class AwsEndpoint:
+    """An explicit AWS to talk to (the sandbox's embedded emulator); without it, boto3's standard chain."""
+
+    url: str
+    region: str
+    key_id: str
+    secret: str
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,7 @@ class App:
         clock: Clock = now_utc,
         bus: EventBus | None = None,
         aws: Aws | None = None,
+        endpoint: AwsEndpoint | None = None,
         sleep: Callable[[float], None] = time.sleep,
         log: bool = True,
     ) -> None:
@@ -110,6 +121,7 @@ class App:
         self.sleep = sleep
         self._aws = aws
         self._aws_injected = aws is not None
+        self.endpoint = endpoint
         self._accounts: list[Account] | None = None
         #: Accounts the last :meth:`accounts` call could not reach (one line each); see ``sweep``.
         self.account_errors: list[AccountFailure] = []
@@ -121,9 +133,16 @@ class App:
     def base_aws(self) -> Aws:
         if self._aws is None:
             limiter = RateLimiter(self.settings.aws.max_calls_per_second)
+            endpoint = self.endpoint
+            session = (
+                static_session(region=endpoint.region, key_id=endpoint.key_id, secret=endpoint.secret)
+                if endpoint
+                else session_from_environment()
+            )
             boundary = Boundary(
-                session_from_environment(),
+                session,
                 self.bus.emit,
+                endpoint_url=endpoint.url if endpoint else None,
                 max_attempts=self.settings.aws.max_attempts,
                 limiter=limiter,
                 connect_timeout=self.settings.aws.connect_timeout.total_seconds(),

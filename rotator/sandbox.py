@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import socket
 import sys
@@ -28,6 +27,8 @@ from rotator.render import format_age, format_table
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
+#: The embedded emulator takes any credentials: this pair is not a secret.
+EMULATOR_KEY = "testing"
 #: Seconds between consumer calls with the key the guard should see in use.
 CONSUMER_PERIOD = 2.0
 
@@ -93,7 +94,7 @@ def seed(url: str, phase: float) -> Fleet:
         version_id_for,
     )
 
-    creds: dict[str, str] = {"endpoint_url": url, "region": REGION, "key_id": "testing", "secret": "testing"}
+    creds: dict[str, str] = {"endpoint_url": url, "region": REGION, "key_id": EMULATOR_KEY, "secret": EMULATOR_KEY}
     iam = static_client("iam", **creds)
     secrets = static_client("secretsmanager", **creds)
     fleet = Fleet()
@@ -315,7 +316,7 @@ def run_sandbox(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UsageError("the sandbox needs the emulator: pip install 'iam-key-rotator[sandbox]'") from exc
 
-    from rotator.app import App  # noqa: PLC0415
+    from rotator.app import App, AwsEndpoint  # noqa: PLC0415
     from rotator.config import load_settings  # noqa: PLC0415
     from rotator.daemon import Daemon  # noqa: PLC0415
     from rotator.logs import configure  # noqa: PLC0415
@@ -339,16 +340,16 @@ def run_sandbox(args: argparse.Namespace) -> int:
         "AWS_ENDPOINT_URL": url,
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ACCESS_KEY_ID": EMULATOR_KEY,
+        "AWS_SECRET_ACCESS_KEY": EMULATOR_KEY,
     }
-    os.environ.update(env)
     log_file = log_path.open("a", encoding="utf-8")
     try:
         configure(getattr(args, "log_format", None) or "json", getattr(args, "log_level", None) or "info", log_file)
         fleet = seed(url, phase)
         settings = load_settings(str(config_path))
-        app = App(settings)
+        # The emulator is handed to the App as its AWS; the process environment is left alone.
+        app = App(settings, endpoint=AwsEndpoint(url=url, region=REGION, key_id=EMULATOR_KEY, secret=EMULATOR_KEY))
         view = View(out, fleet)
         app.bus.subscribe(view.observe)
         daemon = Daemon(app, config_path=str(config_path), notifier=Notifier(None))

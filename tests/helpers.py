@@ -131,7 +131,8 @@ def client(
     url: str, service: str, access_key: str = MOTO_KEY, secret_key: str = MOTO_KEY, session_token: str | None = None
 ) -> Any:
     """A boto3 client for ``service`` at the server at ``url``, signing with the given credentials."""
-    return boto3.client(
+    # The service is a runtime string, not one of the stubs' literals.
+    return boto3.client(  # type: ignore[call-overload]
         service,
         endpoint_url=url,
         region_name=REGION,

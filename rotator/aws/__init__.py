@@ -23,7 +23,13 @@ from rotator.aws.dynamodb import DynamoDbLease
 from rotator.aws.iam import IamAdapter
 from rotator.aws.organizations import OrganizationsAdapter
 from rotator.aws.secrets import SecretsAdapter
-from rotator.aws.session import now_utc, refreshable_session, session_from_environment, static_client
+from rotator.aws.session import (
+    now_utc,
+    refreshable_session,
+    session_from_environment,
+    static_client,
+    static_session,
+)
 from rotator.aws.sts import StsAdapter
 from rotator.aws.transport import (
     THROTTLING_CODES,
@@ -71,5 +77,6 @@ __all__ = [
     "same_principal",
     "session_from_environment",
     "static_client",
+    "static_session",
     "translate",
 ]

@@ -53,6 +53,11 @@ def session_from_environment() -> boto3.session.Session:
     return session
 
 
+def static_session(*, region: str, key_id: str, secret: str) -> boto3.session.Session:
+    """A session with fixed credentials and region, whatever the environment says (``rotator sandbox``)."""
+    return boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=region)
+
+
 def now_utc() -> datetime:
     """The real clock, for the composition root only (the core takes ``now`` as an argument)."""
     return datetime.now(UTC)

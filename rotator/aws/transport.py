@@ -104,8 +104,11 @@ class Boundary:
         sleep: Callable[[float], None] = time.sleep,
         connect_timeout: float = 5.0,
         read_timeout: float = 15.0,
+        endpoint_url: str | None = None,
     ) -> None:
         self.sleep = sleep
+        #: An explicit endpoint (the sandbox's emulator); None: boto3's own resolution (``AWS_ENDPOINT_URL``).
+        self.endpoint_url = endpoint_url
         #: Seconds per attempt (``aws.connect_timeout``/``aws.read_timeout``); see TRANSPORT_ATTEMPTS.
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -127,6 +130,7 @@ class Boundary:
             account=account,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
+            endpoint_url=self.endpoint_url,
         )
 
     def client_config(self) -> botocore.config.Config:
@@ -171,7 +175,11 @@ class Boundary:
     ) -> Any:
         try:
             client = session.client(  # type: ignore[call-overload]
-                service, config=config or self.client_config(), region_name=region, **credentials
+                service,
+                config=config or self.client_config(),
+                region_name=region,
+                endpoint_url=self.endpoint_url,
+                **credentials,
             )
         except botocore.exceptions.NoRegionError as exc:
             raise UnreachableError(

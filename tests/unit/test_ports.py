@@ -7,7 +7,19 @@ from pathlib import Path
 
 ROTATOR = Path(__file__).resolve().parents[2] / "rotator"
 #: The core: it decides and acts through ``rotator.ports``, never through the boto3 adapters.
-CORE = ("model.py", "records.py", "ports.py", "policy.py", "inventory.py", "executor.py", "lease.py")
+CORE = (
+    "model.py",
+    "records.py",
+    "ports.py",
+    "policy.py",
+    "roles.py",
+    "user_policy.py",
+    "durations.py",
+    "inventory.py",
+    "executor.py",
+    "rotation.py",
+    "lease.py",
+)
 
 
 def _imported_modules(path: Path) -> set[str]:
