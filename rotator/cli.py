@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
-from rotator import __version__
+from rotator import __version__, credential_process
 from rotator.config import Settings, load_settings
 from rotator.errors import AwsError, ConfigError, RotatorError, UsageError
 from rotator.logs import configure as configure_logs
 from rotator.logs import redact_text
 from rotator.model import Action
-from rotator.render import format_age, print_table, when
+from rotator.render import format_age, last_use_cell, print_table, when
 
 if TYPE_CHECKING:  # the App (and boto3) load only for commands that talk to AWS
     from rotator.app import AccountView, App
@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument(
         "--revoke", action="store_true", help="disable the previous key as soon as the new one is published"
     )
+    credential = commands.add_parser(
+        credential_process.COMMAND, help="the secret's AWSCURRENT as AWS credential_process JSON with an Expiration"
+    )
+    credential_process.add_arguments(credential)
     commands.add_parser("check-config", parents=[common], help="validate; print the effective configuration")
     sandbox = commands.add_parser("sandbox", parents=[common], help="self-contained demo on an embedded AWS emulator")
     sandbox.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -87,11 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # credential-process runs on every SDK credential refresh: no full parser, no settings, no logging.
+    fast = credential_process.command_args(sys.argv[1:] if argv is None else argv)
+    if fast is not None:
+        return credential_process.main(fast)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         print("rotator: error: a COMMAND is required (see rotator --help)", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == credential_process.COMMAND:  # e.g. after an abbreviated global option
+        return credential_process.run(args)
     try:
         return dispatch(args)
     except RotatorError as exc:
@@ -205,12 +215,15 @@ def _inventory(app: App, *, as_json: bool) -> int:
     _report_ages(app, views)
     now = app.clock()
     records: list[dict[str, Any]] = []
+    #: The last_used cell of each key's table row: when, and by which service in which region.
+    last_use: dict[tuple[str, str, str], str] = {}
     for view in views:
         for state, plan in zip(view.states, view.plans, strict=True):
             secret = state.secret
             current = plan.roles.current.key_id if plan.roles.current else None
             previous = plan.roles.previous_id
             upcoming = sorted(plan.upcoming, key=lambda u: u.due_at)
+            last_use.update({(state.account, state.user, k.key_id): last_use_cell(k, now) for k in state.keys})
             records.append(
                 {
                     "account": state.account,
@@ -231,6 +244,8 @@ def _inventory(app: App, *, as_json: bool) -> int:
                             "created": key.created.isoformat(),
                             "age_seconds": int((now - key.created).total_seconds()),
                             "last_used": key.last_used.isoformat() if key.last_used else None,
+                            "last_used_service": key.last_used_service,
+                            "last_used_region": key.last_used_region,
                             "role": "current"
                             if key.key_id == current
                             else "previous"
@@ -265,7 +280,7 @@ def _inventory(app: App, *, as_json: bool) -> int:
                     key["status"],
                     key["role"],
                     format_age(key["age_seconds"]) if key["key_id"] != "-" else "-",
-                    key["last_used"] or "-",
+                    last_use.get((record["account"], record["user"], key["key_id"]), "-"),
                     "yes" if record["secret"]["exists"] else "no",
                     f"{nxt['action']} {nxt['due_at']}" if nxt else "-",
                 ]

@@ -67,10 +67,17 @@ class KeyDisabled(UserEvent):
 
 @dataclass(frozen=True)
 class KeyHeld(UserEvent):
+    """The guard kept a previous key Active: a consumer still uses it (who: service and region)."""
+
     name: ClassVar[str] = "key.held"
     level: ClassVar[str] = "warning"
     reason: str = ""
     last_used: datetime | None = None
+    #: Where IAM last saw the key used (``GetAccessKeyLastUsed``): ``s3``, ``eu-west-1``.
+    last_used_service: str | None = None
+    last_used_region: str | None = None
+    #: For people: ``last used 3h0m ago by s3 in eu-west-1; disabled once unused for 4h, or regardless from ...``.
+    summary: str = ""
 
 
 @dataclass(frozen=True)

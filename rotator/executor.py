@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import TypedDict
 
 from rotator.config import Settings
+from rotator.durations import format_duration
 from rotator.errors import AwsError, ConcurrentlyDone, NotFoundError, NotManagedError, RotatorError, UserError
 from rotator.events import (
     ActionFailed,
@@ -56,6 +57,7 @@ from rotator.model import (
 )
 from rotator.policy import decide_forced, plan_user
 from rotator.ports import AccountPort
+from rotator.render import last_use_phrase, when
 from rotator.rotation import Rotation, _iso, credential_document
 from rotator.user_policy import resolve_policy
 
@@ -213,14 +215,7 @@ class Executor:
                 continue
             if step.action is Action.HOLD:
                 outcome.held.append(step)
-                last_used = state.key(step.key_id)
-                self.emit(
-                    KeyHeld(
-                        **self._ctx(step),
-                        reason=step.reason,
-                        last_used=last_used.last_used if last_used else None,
-                    )
-                )
+                self._held(state, plan, step)
                 continue
             if self.dry_run:
                 outcome.deferred.append(step)
@@ -244,6 +239,28 @@ class Executor:
             outcome.done.append(step)
             if revoke and step.action is Action.ROTATE and step.key_id is not None:
                 self._revoke(state, step, outcome)
+
+    def _held(self, state: UserState, plan: UserPlan, step: Step) -> None:
+        """``key.held``: which key, and who still uses it (service, region, how long ago) in one line."""
+        key = state.key(step.key_id)
+        if key is None:  # the plan holds a key of this state: defensive only
+            self.emit(KeyHeld(**self._ctx(step), reason=step.reason, summary=step.reason))
+            return
+        summary = last_use_phrase(key, self.clock())
+        if plan.policy is not None and step.due_at is not None:
+            quiet = format_duration(plan.policy.quiet_period)
+            regardless = when(step.due_at + plan.policy.max_hold)
+            summary += f"; disabled once unused for {quiet}, or regardless from {regardless}"
+        self.emit(
+            KeyHeld(
+                **self._ctx(step),
+                reason=step.reason,
+                last_used=key.last_used,
+                last_used_service=key.last_used_service,
+                last_used_region=key.last_used_region,
+                summary=summary,
+            )
+        )
 
     def _revoke(self, state: UserState, rotated: Step, outcome: UserOutcome) -> None:
         """``rotate --revoke``: the key that was current until now is disabled at once."""

@@ -53,7 +53,7 @@ from rotator.model import (
 )
 from rotator.policy import ownership_candidates
 from rotator.ports import AccountPort
-from rotator.records import ReportKey, SecretSummary, UserDetail, same_principal
+from rotator.records import KeyLastUsed, ReportKey, SecretSummary, UserDetail, same_principal
 from rotator.user_policy import is_excluded_by_tag
 
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
@@ -127,6 +127,18 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _with_slot_use(key: AccessKey, slot: ReportKey | None) -> AccessKey:
+    """``key`` with the last use (when, service, region) its credential report slot records."""
+    if slot is None:
+        return replace(key, last_used=None, last_used_service=None, last_used_region=None)
+    return replace(
+        key,
+        last_used=slot.last_used,
+        last_used_service=slot.last_used_service,
+        last_used_region=slot.last_used_region,
+    )
+
+
 class Inventory:
     def __init__(self, aws: AccountPort, settings: Settings, account: str) -> None:
         self.aws = aws
@@ -181,10 +193,10 @@ class Inventory:
             current_version = next((v for v, stages in summary.versions.items() if AWSCURRENT in stages), None)
         fresh: list[AccessKey] = []
         for key in keys:
-            last_used = None
+            use = KeyLastUsed()
             if key.active and (current_version is None or version_id_for(key.key_id) != current_version):
-                last_used = self.aws.key_last_used(key.key_id)
-            fresh.append(AccessKey(key.key_id, key.status, key.created, last_used))
+                use = self.aws.key_last_used(key.key_id)  # the guard's question: who still uses it?
+            fresh.append(replace(key, last_used=use.at, last_used_service=use.service, last_used_region=use.region))
         secret = self._secret_state(name, summary, fresh)
         return self._proven(self._state(detail, tuple(fresh), secret, error))
 
@@ -269,18 +281,14 @@ class Inventory:
             if key_id == summary.tags.get(TAG_DELETED_KEY):
                 return None  # the report predates our own delete
             status = KeyStatus.ACTIVE if slot.active else KeyStatus.INACTIVE
-            keys.append(AccessKey(key_id, status, created or created_by_id[key_id], slot.last_used))
+            keys.append(_with_slot_use(AccessKey(key_id, status, created or created_by_id[key_id]), slot))
         if current_id not in {k.key_id for k in keys} or len({k.key_id for k in keys}) != len(keys):
             return None
         return tuple(keys)
 
     def _with_last_use(self, keys: list[AccessKey], slots: list[ReportKey] | None) -> tuple[AccessKey, ...]:
         by_second = {_seconds(slot.created): slot for slot in slots or []}
-        out = []
-        for key in keys:
-            slot = by_second.get(_seconds(key.created))
-            out.append(AccessKey(key.key_id, key.status, key.created, slot.last_used if slot else None))
-        return tuple(out)
+        return tuple(_with_slot_use(key, by_second.get(_seconds(key.created))) for key in keys)
 
     def _secret_state(
         self, name: str, summary: SecretSummary | None, keys: tuple[AccessKey, ...] | list[AccessKey]

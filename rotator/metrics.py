@@ -90,6 +90,12 @@ class Metrics:
             ["account"],
             registry=registry,
         )
+        self.held_keys = Gauge(
+            "rotator_held_keys",
+            "Previous keys the guard keeps Active now because consumers still use them (hold steps of the plans).",
+            ["account"],
+            registry=registry,
+        )
         self.leader = Gauge("rotator_leader", "1 on the replica holding the lease.", registry=registry)
         self.build_info = Gauge("rotator_build_info", "Build information.", ["version"], registry=registry)
         self.dry_run = Gauge("rotator_dry_run", "1 when the rotator only plans (safety.dry_run).", registry=registry)
@@ -133,6 +139,9 @@ class Metrics:
         with self._lock:
             self.managed_users.labels(account).set(len(event.states))
             self.unproven_keys.labels(account).set(sum(1 for p in event.plans for s in p.steps if s.unproven))
+            self.held_keys.labels(account).set(
+                len({(p.user, s.key_id) for p in event.plans for s in p.steps if s.action is Action.HOLD})
+            )
             for state in event.states:
                 for key in state.keys:
                     key_labels = (account, state.user, key.key_id, key.status.value)

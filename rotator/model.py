@@ -115,6 +115,10 @@ class AccessKey:
     status: KeyStatus
     created: datetime
     last_used: datetime | None = None
+    #: Where IAM last saw the key used (``GetAccessKeyLastUsed``, the credential report): the service's
+    #: short name (``s3``, ``sts``) and the region. None when IAM does not say (never used, or "N/A").
+    last_used_service: str | None = None
+    last_used_region: str | None = None
 
     @property
     def active(self) -> bool:

@@ -30,6 +30,7 @@ from rotator.model import AccessKey, KeyStatus, NewKey, SecretText
 from rotator.records import (
     CredentialReport,
     KeyCreation,
+    KeyLastUsed,
     LeaseRecord,
     OrgAccount,
     SecretSummary,
@@ -52,7 +53,9 @@ class IamPort(Protocol):
 
     def access_keys(self, user: str) -> list[AccessKey]: ...
 
-    def key_last_used(self, key_id: str) -> datetime | None: ...
+    def key_last_used(self, key_id: str) -> KeyLastUsed:
+        """When, by which service and in which region IAM last saw ``key_id`` used."""
+        ...
 
     def create_access_key(self, user: str) -> NewKey:
         """A new key (:class:`~rotator.errors.LimitExceededError` when the user has two)."""
@@ -169,7 +172,7 @@ class Ports:
     def access_keys(self, user: str) -> list[AccessKey]:
         return self.iam.access_keys(user)
 
-    def key_last_used(self, key_id: str) -> datetime | None:
+    def key_last_used(self, key_id: str) -> KeyLastUsed:
         return self.iam.key_last_used(key_id)
 
     def create_access_key(self, user: str) -> NewKey:

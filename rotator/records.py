@@ -25,6 +25,22 @@ class ReportKey:
     active: bool
     created: datetime
     last_used: datetime | None
+    #: ``access_key_N_last_used_service`` / ``_region`` (None for "N/A").
+    last_used_service: str | None = None
+    last_used_region: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyLastUsed:
+    """A key's last use as ``GetAccessKeyLastUsed`` reports it: when, by which service, in which region.
+
+    IAM answers ``N/A`` for the service and region of a key never used; they are None here.
+    https://docs.aws.amazon.com/IAM/latest/APIReference/API_AccessKeyLastUsed.html
+    """
+
+    at: datetime | None = None
+    service: str | None = None
+    region: str | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import sys
 from datetime import datetime
 from typing import TextIO
 
+from rotator.model import AccessKey
+
 
 def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
@@ -37,3 +39,30 @@ def format_age(seconds: float) -> str:
     if whole >= 60:
         return f"{whole // 60}m{whole % 60:02d}s"
     return f"{whole}s"
+
+
+def last_use_where(key: AccessKey) -> str | None:
+    """``s3/eu-west-1``: the service and region of the key's last use, as far as IAM says."""
+    parts = [part for part in (key.last_used_service, key.last_used_region) if part]
+    return "/".join(parts) or None
+
+
+def last_use_cell(key: AccessKey, now: datetime) -> str:
+    """A table cell: ``3h0m ago s3/eu-west-1`` (``-`` when IAM reports no use)."""
+    if key.last_used is None:
+        return "-"
+    where = last_use_where(key)
+    ago = f"{format_age((now - key.last_used).total_seconds())} ago"
+    return f"{ago} {where}" if where else ago
+
+
+def last_use_phrase(key: AccessKey, now: datetime) -> str:
+    """A sentence's part: ``last used 3h0m ago by s3 in eu-west-1`` (or ``no recorded use``)."""
+    if key.last_used is None:
+        return "no recorded use"
+    phrase = f"last used {format_age((now - key.last_used).total_seconds())} ago"
+    if key.last_used_service:
+        phrase += f" by {key.last_used_service}"
+    if key.last_used_region:
+        phrase += f" in {key.last_used_region}"
+    return phrase

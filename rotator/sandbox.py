@@ -16,14 +16,15 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 from rotator.errors import UsageError
-from rotator.events import InventorySnapshot, SweepFinished
-from rotator.render import format_age, format_table
+from rotator.events import InventorySnapshot, KeyHeld, SweepFinished
+from rotator.model import AccessKey
+from rotator.render import format_age, format_table, last_use_cell
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -200,6 +201,8 @@ class View:
         self.counts = {"rotated": 0, "disabled": 0, "held": 0, "deleted": 0, "cleaned": 0, "sweeps": 0}
         self.header = ""
         self._last_printed = ""
+        #: key id -> (service, region) of its last use, from ``key.held``.
+        self.used_by: dict[str | None, tuple[str | None, str | None]] = {}
 
     def observe(self, event: Any) -> None:
         with self.lock:
@@ -214,7 +217,13 @@ class View:
                 return
             counter, template = shown
             self.counts[counter] += 1
-            line = f"{datetime.now(UTC).strftime('%H:%M:%S')}  {event.user}: {template.format(key=event.key_id)}"
+            what = template.format(key=event.key_id)
+            if isinstance(event, KeyHeld):
+                # Who used it: GetAccessKeyLastUsed's service and region (the emulator's credential report,
+                # which the snapshot reads, has none).
+                self.used_by[event.key_id] = (event.last_used_service, event.last_used_region)
+                what = f"{event.key_id} held by the guard: {event.summary}" if event.summary else what
+            line = f"{datetime.now(UTC).strftime('%H:%M:%S')}  {event.user}: {what}"
             self.recent = [*self.recent, line][-8:]
             if not self.tty:
                 print(line, file=self.out, flush=True)
@@ -225,6 +234,7 @@ class View:
         rows: list[list[str]] = []
         with self.lock:
             snapshot = self.snapshot
+            used_by = dict(self.used_by)
         if snapshot is None:
             return "(waiting for the first sweep)"
         for state, plan in zip(snapshot.states, snapshot.plans, strict=True):
@@ -250,12 +260,13 @@ class View:
                         key.status.value,
                         role,
                         format_age((now - key.created).total_seconds()),
+                        last_use_cell(_with_user(key, used_by), now),
                         nxt if first else "",
                     ]
                 )
             if not state.keys:
-                rows.append([state.user, "-", "-", "-", "-", nxt])
-        return "\n".join(format_table(rows, ["user", "key", "status", "role", "age", "next"]))
+                rows.append([state.user, "-", "-", "-", "-", "-", nxt])
+        return "\n".join(format_table(rows, ["user", "key", "status", "role", "age", "last used", "next"]))
 
     def draw(self) -> None:
         with self.lock:
@@ -273,6 +284,14 @@ class View:
         if signature != self._last_printed:
             self._last_printed = signature
             print(self.table() + "\n", file=self.out, flush=True)
+
+
+def _with_user(key: AccessKey, used_by: dict[str | None, tuple[str | None, str | None]]) -> AccessKey:
+    """``key`` with the service and region of its last use from ``key.held``, where the snapshot has none."""
+    if key.last_used_service is not None or key.key_id not in used_by:
+        return key
+    service, region = used_by[key.key_id]
+    return replace(key, last_used_service=service, last_used_region=region)
 
 
 def _banner(*, url: str, phase: float, metrics_port: int, log_path: Path, env: dict[str, str], config: Path) -> str:

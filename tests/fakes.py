@@ -31,6 +31,7 @@ from rotator.ports import Ports
 from rotator.records import (
     CredentialReport,
     KeyCreation,
+    KeyLastUsed,
     LeaseRecord,
     OrgAccount,
     ReportKey,
@@ -101,6 +102,8 @@ class _Key:
     created: datetime
     status: KeyStatus = KeyStatus.ACTIVE
     last_used: datetime | None = None
+    last_used_service: str | None = None
+    last_used_region: str | None = None
 
 
 @dataclass
@@ -136,6 +139,14 @@ class FakeIam:
         """A key created ``age`` ago (by an operator, say); the two-key limit holds."""
         return self._create(user, self.clock() - age)
 
+    def use_key(
+        self, key_id: str, service: str = "s3", region: str = "eu-west-1", *, ago: timedelta = timedelta(0)
+    ) -> None:
+        """A consumer signed a ``service`` call in ``region`` with ``key_id``, ``ago`` before now."""
+        key = self._key(key_id)
+        key.last_used = self.clock() - ago
+        key.last_used_service, key.last_used_region = service, region
+
     def record_creation(self, key_id: str, principal_arn: str) -> None:
         """CloudTrail's event: ``principal_arn`` created ``key_id``."""
         self.trail[key_id] = principal_arn
@@ -157,7 +168,13 @@ class FakeIam:
         self.faults.enter("iam", "GetCredentialReport")
         rows = {
             user.name: [
-                ReportKey(key.status is KeyStatus.ACTIVE, key.created, key.last_used)
+                ReportKey(
+                    key.status is KeyStatus.ACTIVE,
+                    key.created,
+                    key.last_used,
+                    key.last_used_service,
+                    key.last_used_region,
+                )
                 for key in sorted(user.keys.values(), key=lambda k: k.created)
             ]
             for user in self.users.values()
@@ -168,9 +185,10 @@ class FakeIam:
         self.faults.enter("iam", "ListAccessKeys")
         return [AccessKey(k.key_id, k.status, k.created) for k in self._user(user).keys.values()]
 
-    def key_last_used(self, key_id: str) -> datetime | None:
+    def key_last_used(self, key_id: str) -> KeyLastUsed:
         self.faults.enter("iam", "GetAccessKeyLastUsed")
-        return self._key(key_id).last_used
+        key = self._key(key_id)
+        return KeyLastUsed(key.last_used, key.last_used_service, key.last_used_region)
 
     def create_access_key(self, user: str) -> NewKey:
         self.faults.enter("iam", "CreateAccessKey")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from rotator.aws.transport import Boundary, as_utc, need
 from rotator.errors import AwsError
 from rotator.model import AccessKey, KeyStatus, NewKey, SecretText
-from rotator.records import CredentialReport, KeyCreation, ReportKey, UserDetail
+from rotator.records import CredentialReport, KeyCreation, KeyLastUsed, ReportKey, UserDetail
 
 if TYPE_CHECKING:
     from rotator.ports import IamPort
@@ -101,10 +101,15 @@ class IamAdapter:
                 )
         return keys
 
-    def key_last_used(self, key_id: str) -> datetime | None:
+    def key_last_used(self, key_id: str) -> KeyLastUsed:
+        """When, by which service and in which region the key was last used (``N/A``: None)."""
         info = self.boundary.call("iam", "GetAccessKeyLastUsed", AccessKeyId=key_id).get("AccessKeyLastUsed", {})
         used = info.get("LastUsedDate")
-        return as_utc(used) if used else None
+        return KeyLastUsed(
+            at=as_utc(used) if isinstance(used, datetime) else None,
+            service=_reported_name(info.get("ServiceName")),
+            region=_reported_name(info.get("Region")),
+        )
 
     # -- IAM writes ----------------------------------------------------------------------------
 
@@ -174,10 +179,21 @@ def _user_detail(item: Mapping[str, Any]) -> UserDetail:
     )
 
 
+#: What IAM writes where it has no value: never used, not tracked, or not applicable.
+_NO_VALUE = frozenset({"", "N/A", "no_information", "not_supported"})
+
+
 def _parse_report_time(raw: str) -> datetime | None:
-    if raw in ("", "N/A", "no_information", "not_supported"):
+    if raw in _NO_VALUE:
         return None
     return as_utc(datetime.fromisoformat(raw.replace("Z", "+00:00")))
+
+
+def _reported_name(raw: object) -> str | None:
+    """A service or region name as IAM reports a key's last use; None for "N/A" and the like."""
+    if not isinstance(raw, str) or raw.strip() in _NO_VALUE:
+        return None
+    return raw.strip()
 
 
 def _report_slots(row: Mapping[str, str]) -> list[ReportKey]:
@@ -192,6 +208,8 @@ def _report_slots(row: Mapping[str, str]) -> list[ReportKey]:
                 active=row.get(f"access_key_{n}_active") == "true",
                 created=created,
                 last_used=_parse_report_time(row.get(f"access_key_{n}_last_used_date", "N/A")),
+                last_used_service=_reported_name(row.get(f"access_key_{n}_last_used_service")),
+                last_used_region=_reported_name(row.get(f"access_key_{n}_last_used_region")),
             )
         )
     return slots

@@ -1,8 +1,9 @@
 """The transport: every AWS call of one account, counted, rate-limited and translated (httpx's transports).
 
-Only this module and ``session`` import boto3/botocore; the adapters beside them (``iam``, ``secrets``,
-``sts``, ``organizations``, ``dynamodb``) speak to AWS only through a :class:`Boundary`. Every call goes
-through :meth:`Boundary.call` (or :meth:`Boundary.pages`), which
+Only this module, ``session`` and ``current_secret`` (``rotator credential-process``'s one call) import
+boto3/botocore; the adapters beside them (``iam``, ``secrets``, ``sts``, ``organizations``, ``dynamodb``) speak
+to AWS only through a :class:`Boundary`. Every call goes through :meth:`Boundary.call` (or
+:meth:`Boundary.pages`), which
 
 * waits for the client-side rate limit (``aws.max_calls_per_second``),
 * lets botocore retry throttling with its ``standard`` mode up to ``aws.max_attempts``,

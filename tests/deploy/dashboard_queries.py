@@ -34,6 +34,8 @@ SPEC_METRICS: frozenset[str] = frozenset(
         "rotator_build_info",
         # Added with the response to unprovable key ownership (issue 9); README's metrics table lists it.
         "rotator_unproven_keys",
+        # Added with "who still uses a held key" (issue 13): keys the guard holds now, per account.
+        "rotator_held_keys",
     }
 )
 SPEC_HISTOGRAMS: frozenset[str] = frozenset({"rotator_sweep_duration_seconds"})

@@ -310,6 +310,8 @@ def test_plan_lists_exactly_the_expected_actions(aws: AwsEnv, tmp_path: Path, ma
     assert timedelta(minutes=50) < due - datetime.now(UTC) <= timedelta(hours=1)
     held = {k["key_id"]: k for k in inventory["held"]["keys"]}
     assert held[held_key["AccessKeyId"]]["last_used"] is not None
+    # moto's credential report has no service/region of a key's last use ("not_supported"); AWS's has them.
+    assert {"last_used_service", "last_used_region"} <= held[held_key["AccessKeyId"]].keys()
     assert held[held_key["AccessKeyId"]]["role"] == "previous"
     assert held[held_current]["role"] == "current"
     assert held[held_current]["last_used"] is not None  # the rotator validated it by signing with it

@@ -8,6 +8,7 @@ policy actions) after the first few calls, so a published secret whose key signs
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -134,5 +135,11 @@ def test_guard_holds_a_previous_key_still_in_use(signed_aws: AwsEnv, tmp_path: P
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     held = [e for e in events if e["event"] == "key.held"]
     assert held and held[0]["user"] == "busy" and held[0]["key_id"] == k0
+    # Who still uses it: IAM's GetAccessKeyLastUsed names the service and region of the consumer's call.
+    assert (held[0]["last_used_service"], held[0]["last_used_region"]) == ("sts", "us-east-1")
+    assert re.fullmatch(
+        r"last used \d+s ago by sts in us-east-1; disabled once unused for 30s, or regardless from .*Z",
+        held[0]["summary"],
+    )
     assert aws.keys("busy")[k0] == "Active"
     assert_no_secrets([*outputs, result.stdout, result.stderr], aws.created_secrets)
