@@ -5,6 +5,7 @@ No pytest here: ``benchmarks/_support.py`` imports this module too (tests reach 
 
 from __future__ import annotations
 
+import ast
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -140,3 +142,26 @@ def client(
         aws_secret_access_key=secret_key,
         aws_session_token=session_token,
     )
+
+
+ROTATOR_SOURCES = Path(__file__).resolve().parent.parent / "rotator"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The absolute module names a source file imports (anywhere in it, lazy imports included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def modules_importing(*top_level: str) -> set[str]:
+    """The ``rotator/`` source files (as ``rotator/...`` paths) that import any of these top-level modules."""
+    return {
+        path.relative_to(ROTATOR_SOURCES.parent).as_posix()
+        for path in ROTATOR_SOURCES.rglob("*.py")
+        if any(name.split(".")[0] in top_level for name in imported_modules(path))
+    }

@@ -158,30 +158,23 @@ class SweepScheduler:
             misfire_grace_time=None,
             next_run_time=now,  # the first sweep at start-up
         )
-        beat = heartbeat_period.total_seconds()
-        self._scheduler.add_job(
-            heartbeat,
-            IntervalTrigger(seconds=beat, timezone=UTC),
-            id=HEARTBEAT_JOB,
-            name="heartbeat",
-            executor="heartbeat",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=max(1, int(beat)),
-            next_run_time=now,
-        )
-        renew = renew_interval.total_seconds()
-        self._scheduler.add_job(
-            lease,
-            IntervalTrigger(seconds=renew, timezone=UTC),
-            id=LEASE_JOB,
-            name="lease",
-            executor="lease",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=max(1, int(renew)),
-            next_run_time=now,
-        )
+        # Each housekeeping job has its own executor, so a long sweep never delays a heartbeat or a renewal.
+        for job, period, job_id, name in (
+            (heartbeat, heartbeat_period, HEARTBEAT_JOB, "heartbeat"),
+            (lease, renew_interval, LEASE_JOB, "lease"),
+        ):
+            seconds = period.total_seconds()
+            self._scheduler.add_job(
+                job,
+                IntervalTrigger(seconds=seconds, timezone=UTC),
+                id=job_id,
+                name=name,
+                executor=name,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(seconds)),
+                next_run_time=now,
+            )
 
     def reschedule(self, schedule: ScheduleSettings) -> None:
         self._scheduler.reschedule_job(SWEEP_JOB, trigger=trigger_for(schedule))

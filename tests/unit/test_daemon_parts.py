@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from helpers import modules_importing
 
 from rotator.app import App
 from rotator.config import ScheduleSettings, Settings
@@ -307,26 +308,9 @@ def test_the_first_sweep_and_a_retry_take_their_time_from_the_app_clock(clock: F
 
 # -- who imports APScheduler -------------------------------------------------------------------
 
-ROTATOR = Path(__file__).resolve().parents[2] / "rotator"
-
-
-def _imported_modules(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-    return names
-
 
 def test_only_the_scheduling_module_imports_apscheduler() -> None:
-    importers = {
-        path.relative_to(ROTATOR.parent).as_posix()
-        for path in ROTATOR.rglob("*.py")
-        if any(name.split(".")[0] == "apscheduler" for name in _imported_modules(path))
-    }
-    assert importers == {"rotator/daemon/scheduling.py"}
+    assert modules_importing("apscheduler") == {"rotator/daemon/scheduling.py"}
 
 
 def test_loading_the_config_imports_apscheduler_only_to_validate_a_cron(tmp_path: Path) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+from helpers import ROTATOR_SOURCES, imported_modules, modules_importing
 
-ROTATOR = Path(__file__).resolve().parents[2] / "rotator"
 #: The core: it decides and acts through ``rotator.ports``, never through the boto3 adapters.
 CORE = (
     "model.py",
@@ -22,22 +20,8 @@ CORE = (
 )
 
 
-def _imported_modules(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-    return names
-
-
 def test_only_the_aws_package_imports_boto3_or_botocore() -> None:
-    importers = {
-        path.relative_to(ROTATOR.parent).as_posix()
-        for path in ROTATOR.rglob("*.py")
-        if any(name.split(".")[0] in ("boto3", "botocore") for name in _imported_modules(path))
-    }
+    importers = modules_importing("boto3", "botocore")
     assert importers
     assert {name for name in importers if not name.startswith("rotator/aws/")} == set()
 
@@ -47,7 +31,8 @@ def test_the_core_does_not_import_the_aws_adapters() -> None:
         name
         for name in CORE
         if any(
-            module == "rotator.aws" or module.startswith("rotator.aws.") for module in _imported_modules(ROTATOR / name)
+            module == "rotator.aws" or module.startswith("rotator.aws.")
+            for module in imported_modules(ROTATOR_SOURCES / name)
         )
     }
     assert importers == set()
