@@ -44,9 +44,8 @@ from rotator.config_sections import (
     _Section,
 )
 from rotator.durations import format_duration
-from rotator.model import EffectivePolicy, PolicyDefaults
+from rotator.model import PolicyDefaults
 from rotator.overrides import _apply_env_overrides, _model_of, _strip_optional, _translate
-from rotator.user_policy import resolve_policy
 
 __all__ = [
     "CONFIG_PATH_ENV",
@@ -67,7 +66,6 @@ __all__ = [
     "Settings",
     "TagSelector",
     "load_settings",
-    "policy_for_user",
     "resolve_config_path",
 ]
 
@@ -175,8 +173,3 @@ def load_settings(
 
 
 # --------------------------------------------------------------------------------------------- per user
-
-
-def policy_for_user(settings: Settings, user_tags: Mapping[str, str], user: str) -> EffectivePolicy:
-    """The policy for ``user`` after its tags (see :func:`rotator.user_policy.resolve_policy`)."""
-    return resolve_policy(settings.policy_defaults(), user_tags, user)

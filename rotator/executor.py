@@ -58,7 +58,7 @@ from rotator.model import (
 from rotator.policy import decide_forced, plan_user
 from rotator.ports import AccountPort
 from rotator.render import last_use_phrase, when
-from rotator.rotation import Rotation, _iso, credential_document
+from rotator.rotation import Rotation, credential_document, iso
 from rotator.user_policy import resolve_policy
 
 # ``credential_document`` lives in ``rotator.rotation``; it stays importable from here.
@@ -329,7 +329,7 @@ class Executor:
         )
         # Recorded after the fact: a crash in between leaves no record, and the repair then
         # records a later time, so retention can only grow (I5).
-        self.aws.tag_secret(state.secret.name, {TAG_DISABLED_KEY: key_id, TAG_DISABLED_AT: _iso(self.clock())})
+        self.aws.tag_secret(state.secret.name, {TAG_DISABLED_KEY: key_id, TAG_DISABLED_AT: iso(self.clock())})
 
     # -- records a crash kept from being written ----------------------------------------------
 
@@ -339,7 +339,7 @@ class Executor:
         needed = plan.repairs
         try:
             if needed.published_key is not None:
-                tags = {TAG_CURRENT_KEY: needed.published_key, TAG_PUBLISHED_AT: _iso(now)}
+                tags = {TAG_CURRENT_KEY: needed.published_key, TAG_PUBLISHED_AT: iso(now)}
                 # Also the ids and creation dates the interrupted publication never wrote: left stale,
                 # the inventory's credential-report fast path pairs report slots with key ids by
                 # these dates and would lend the new key the old key's age.
@@ -349,7 +349,7 @@ class Executor:
                     (roles.previous, TAG_PREVIOUS_KEY, TAG_PREVIOUS_CREATED),
                 ):
                     if key is not None:
-                        tags.update({id_tag: key.key_id, created_tag: _iso(key.created)})
+                        tags.update({id_tag: key.key_id, created_tag: iso(key.created)})
                 self.aws.tag_secret(state.secret.name, tags)
                 self.emit(
                     RecordRepaired(
@@ -361,7 +361,7 @@ class Executor:
                 )
             if needed.disabled_key is not None:
                 self.aws.tag_secret(
-                    state.secret.name, {TAG_DISABLED_KEY: needed.disabled_key, TAG_DISABLED_AT: _iso(now)}
+                    state.secret.name, {TAG_DISABLED_KEY: needed.disabled_key, TAG_DISABLED_AT: iso(now)}
                 )
                 self.emit(
                     RecordRepaired(

@@ -136,7 +136,7 @@ class _Planner:
         run's rotation in flight, not a problem (the next sweep decides again).
         """
         window = self.policy.in_flight_window
-        if any(self.now < _after(key.created, window) for key in keys):
+        if any(self.now < after(key.created, window) for key in keys):
             return "; a key created moments ago may be another run's rotation in flight"
         return ""
 
@@ -172,7 +172,7 @@ class _Planner:
         window = self.policy.in_flight_window
         in_flight = False
         for key in roles.unproven:
-            due = _after(key.created, window)
+            due = after(key.created, window)
             if self.now < due:
                 # Perhaps another run's key between CreateAccessKey and its ownership record.
                 in_flight = True
@@ -189,7 +189,7 @@ class _Planner:
                 unproven=True,
             )
         for key in roles.orphans:
-            due = _after(key.created, window)
+            due = after(key.created, window)
             if self.now >= due:
                 self.step(Action.CLEANUP, key, "orphan of an interrupted rotation: held by no secret", due)
             else:
@@ -197,18 +197,18 @@ class _Planner:
                 self.step(Action.SKIP, key, "rotation in flight: new key not stored yet", due)
                 self.later(Action.CLEANUP, key, due)
         pending = roles.pending
-        if pending is not None and not pending.active and self.now >= _after(pending.created, window):
+        if pending is not None and not pending.active and self.now >= after(pending.created, window):
             # Disabled by someone while pending: it can never validate. Abandon it and start again.
             self.step(
                 Action.CLEANUP,
                 pending,
                 "pending key was disabled before publication: rotation abandoned",
-                _after(pending.created, window),
+                after(pending.created, window),
             )
             self.freed += 1  # its slot is free again: the rest of the plan may use it (I2)
             return not in_flight
         if pending is not None:
-            due = _after(pending.created, window)
+            due = after(pending.created, window)
             # Not while another run's new key is still in flight: publishing the pending key would
             # race that run's own publication (I8). The skip below reports it; the next sweep resumes.
             if self.now >= due and not in_flight:
@@ -262,14 +262,14 @@ class _Planner:
             # An unrecorded publication (crash before the tag was written) counts from now: the
             # executor records it, and the grace period can only grow (I5).
             published = secret.published_at(roles.current.key_id) or self.now
-            due = _after(published, self.policy.grace_period)
+            due = after(published, self.policy.grace_period)
             if self.now < due:
                 self.later(Action.DISABLE, previous, due)
             else:
                 self.guard(previous, due)
             return False
         disabled = secret.disabled_at(previous.key_id) or self.now
-        due = _after(disabled, self.policy.retention)
+        due = after(disabled, self.policy.retention)
         if self.now >= due:
             self.step(Action.DELETE, previous, "previous key past retention", due)
             return True
@@ -291,7 +291,7 @@ class _Planner:
                 loud=True,
             )
             return
-        hold_until = _after(due, self.policy.max_hold)
+        hold_until = after(due, self.policy.max_hold)
         if self.now >= hold_until:
             self.step(
                 Action.DISABLE,
@@ -308,7 +308,7 @@ class _Planner:
             due,
         )
         assert previous.last_used is not None
-        self.later(Action.DISABLE, previous, min(_after(previous.last_used, self.policy.quiet_period), hold_until))
+        self.later(Action.DISABLE, previous, min(after(previous.last_used, self.policy.quiet_period), hold_until))
 
     # -- the current key: age, rotation -------------------------------------------------------
 
@@ -320,7 +320,7 @@ class _Planner:
         if not current.active:
             self.rotate_with_slot(roles, free_slots, "the secret's current key is inactive", self.now)
             return
-        due = _after(current.created, self.policy.max_key_age)
+        due = after(current.created, self.policy.max_key_age)
         if self.now < due:
             self.later(Action.ROTATE, current, due)
             return
@@ -376,7 +376,7 @@ class _Planner:
         self.step(Action.ROTATE, replaced, reason, due)
 
 
-def _after(instant: datetime, delta: timedelta) -> datetime:
+def after(instant: datetime, delta: timedelta) -> datetime:
     """``instant + delta``, saturating at the end of time instead of raising ``OverflowError``.
 
     Timestamp tags can be edited by hand and per-user overrides such as ``rotator:max-key-age=99999999d``
@@ -409,12 +409,12 @@ def repairs_needed(
         referenced = secret.referenced_keys if secret.exists else frozenset()
         for key_id in sorted(state.recorded_own_keys):
             recorded = parse_instant(state.tags.get(own_tag(key_id)))
-            gone = state.key(key_id) is None and (recorded is None or now >= _after(recorded, window))
+            gone = state.key(key_id) is None and (recorded is None or now >= after(recorded, window))
             if key_id in referenced or gone:
                 stale.append(own_tag(key_id))
         started = state.rotation_started
         settled = not (roles.orphans or roles.unproven or roles.pending) and len(stale) == len(state.recorded_own_keys)
-        if started is not None and now >= _after(started, window) and settled:
+        if started is not None and now >= after(started, window) and settled:
             stale += [t for t in (USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS) if t in state.tags]
     if not secret.exists or roles.current is None or roles.previous is None:
         return RepairNeeded(stale_user_tags=tuple(stale))
@@ -437,14 +437,14 @@ def decide_forced(state: UserState, policy: EffectivePolicy, now: datetime, *, r
     if problem is not None:
         raise UserError(state.user, problem)
     roles = classify(state, policy)
-    in_flight = [k for k in (*roles.orphans, *roles.unproven) if now < _after(k.created, policy.in_flight_window)]
+    in_flight = [k for k in (*roles.orphans, *roles.unproven) if now < after(k.created, policy.in_flight_window)]
     if roles.pending is not None:
         in_flight.append(roles.pending)
     if in_flight:
         raise UserError(
             state.user,
             f"a rotation is in flight (key {in_flight[0].key_id}); "
-            f"try again after {_after(in_flight[0].created, policy.in_flight_window).isoformat()}",
+            f"try again after {after(in_flight[0].created, policy.in_flight_window).isoformat()}",
         )
     planner = _Planner(state, policy, now, roles)
     for key in roles.orphans:

@@ -57,7 +57,7 @@ from rotator.model import (
     own_tag,
     version_id_for,
 )
-from rotator.policy import _after, tag_room_problem
+from rotator.policy import after, tag_room_problem
 from rotator.ports import AccountPort
 
 Clock = Callable[[], datetime]
@@ -72,13 +72,13 @@ def credential_document(user: str, key: NewKey) -> SecretText:
                 "AccessKeyId": key.key_id,
                 "SecretAccessKey": key.secret_access_key.reveal(),
                 "UserName": user,
-                "CreateDate": _iso(key.created),
+                "CreateDate": iso(key.created),
             }
         )
     )
 
 
-def _iso(value: datetime) -> str:
+def iso(value: datetime) -> str:
     return value.isoformat()
 
 
@@ -113,7 +113,7 @@ class Rotation:
         if no_room is not None:  # the policy says so first; this is defence in depth
             raise UserError(state.user, no_room)
         existing = " ".join(sorted(k.key_id for k in state.keys))
-        intent = {USER_TAG_ROTATION_STARTED: _iso(self.clock()), USER_TAG_ROTATION_KEYS: existing}
+        intent = {USER_TAG_ROTATION_STARTED: iso(self.clock()), USER_TAG_ROTATION_KEYS: existing}
         try:
             self.aws.tag_user(state.user, intent)
         except LimitExceededError as exc:
@@ -140,7 +140,7 @@ class Rotation:
             raise
         self.emit(KeyCreated(account=state.account, user=state.user, key_id=key.key_id, sweep_id=self.sweep_id))
         try:
-            self.aws.tag_user(state.user, {own_tag(key.key_id): _iso(key.created)})
+            self.aws.tag_user(state.user, {own_tag(key.key_id): iso(key.created)})
         except AwsError as exc:
             self._withdraw(state, key.key_id, "its ownership record could not be written")
             error = AwsError(f"{state.user}: could not record new key {key.key_id}, withdrawn: {exc}")
@@ -180,7 +180,7 @@ class Rotation:
         key = self._start(state)
         document = credential_document(state.user, key)
         version = version_id_for(key.key_id)
-        deadline = _after(key.created, policy.validation_timeout)
+        deadline = after(key.created, policy.validation_timeout)
         try:
             if not state.secret.exists:
                 try:
@@ -215,11 +215,11 @@ class Rotation:
                 TAG_MANAGED: "true",
                 TAG_USER: state.user,
                 TAG_CURRENT_KEY: key.key_id,
-                TAG_CURRENT_CREATED: _iso(key.created),
+                TAG_CURRENT_CREATED: iso(key.created),
             }
         )
         if replaced is not None:
-            tags.update({TAG_PREVIOUS_KEY: replaced.key_id, TAG_PREVIOUS_CREATED: _iso(replaced.created)})
+            tags.update({TAG_PREVIOUS_KEY: replaced.key_id, TAG_PREVIOUS_CREATED: iso(replaced.created)})
         try:
             self.aws.create_secret(
                 state.secret.name,
@@ -270,7 +270,7 @@ class Rotation:
             key = NewKey(step.key_id, SecretText(document["SecretAccessKey"]), pending.created)
         except (ValueError, KeyError, TypeError, AssertionError) as exc:
             raise UserError(state.user, "pending secret version does not hold the rotator's document") from exc
-        self._validate(state, key, _after(self.clock(), _resolved(plan).validation_timeout))
+        self._validate(state, key, after(self.clock(), _resolved(plan).validation_timeout))
         replaced = plan.roles.current
         self._publish(state, version, key, replaced, resumed=True)
 
@@ -292,12 +292,12 @@ class Rotation:
         # A concurrent run's repair may remove AWSPENDING first (it saw what a crash here leaves):
         # move_stage then reports the goal as already met, and the publication is finished anyway.
         self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version)
-        tags = {TAG_USER: state.user, TAG_CURRENT_KEY: key.key_id, TAG_CURRENT_CREATED: _iso(key.created)}
+        tags = {TAG_USER: state.user, TAG_CURRENT_KEY: key.key_id, TAG_CURRENT_CREATED: iso(key.created)}
         if replaced is not None:
-            tags.update({TAG_PREVIOUS_KEY: replaced.key_id, TAG_PREVIOUS_CREATED: _iso(replaced.created)})
+            tags.update({TAG_PREVIOUS_KEY: replaced.key_id, TAG_PREVIOUS_CREATED: iso(replaced.created)})
         # Publication time is written after the stage moved: a crash in between leaves no record and
         # the repair records a later time, so the grace period can only grow (I5).
-        tags[TAG_PUBLISHED_AT] = _iso(self.clock())
+        tags[TAG_PUBLISHED_AT] = iso(self.clock())
         self.emit(
             KeyPublished(
                 account=state.account,
@@ -324,7 +324,7 @@ class Rotation:
                 resumed=resumed,
             )
         )
-        self.aws.tag_secret(state.secret.name, {TAG_PUBLISHED_AT: _iso(self.clock())})
+        self.aws.tag_secret(state.secret.name, {TAG_PUBLISHED_AT: iso(self.clock())})
 
     def _finish(self, state: UserState, key_id: str) -> None:
         # The secret now holds the key: its ownership record and the intent mark have done their work.

@@ -16,17 +16,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from rotator.config import Settings, load_settings, policy_for_user, resolve_config_path
+from rotator.config import Settings, load_settings, resolve_config_path
 from rotator.durations import format_duration, parse_duration
 from rotator.errors import ConfigError, UserError
 from rotator.inventory import secret_name
 from rotator.model import EffectivePolicy, GuardMode
-from rotator.user_policy import is_excluded_by_tag
+from rotator.user_policy import is_excluded_by_tag, resolve_policy
 
 # scripts/ is not a package: its modules import by name once it is on the path, as in scripts/update-readme.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from config_reference import render_reference_markdown
 
+#: The policy every user starts from under the default settings.
+DEFAULTS = Settings().policy_defaults()
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "rotator.yaml"
 DURATION_HINT = "(use e.g. 45s, 15m, 12h, 90d, 2w)"
 ROLE_A = "arn:aws:iam::123456789012:role/rotator"
@@ -271,7 +273,7 @@ def test_the_pure_core_imports_without_pydantic_or_yaml(module: str) -> None:
 
 def test_a_huge_user_tag_is_that_users_problem() -> None:
     with pytest.raises(UserError, match=r"^alice: tag rotator:max-key-age='9999999d': invalid duration .*too large"):
-        policy_for_user(Settings(), {"rotator:max-key-age": "9999999d"}, "alice")
+        resolve_policy(DEFAULTS, {"rotator:max-key-age": "9999999d"}, "alice")
 
 
 @pytest.mark.parametrize(
@@ -929,13 +931,13 @@ def test_reference_table_is_deterministic_and_lists_every_key() -> None:
     ],
 )
 def test_user_tags_override_the_policy(tags: dict[str, str], expected: tuple[timedelta, ...]) -> None:
-    policy = policy_for_user(Settings(), tags, "alice")
+    policy = resolve_policy(DEFAULTS, tags, "alice")
     assert (policy.max_key_age, policy.grace_period, policy.retention) == expected
 
 
 def test_effective_policy_carries_the_rest_of_the_configuration(load: Callable[..., Settings]) -> None:
     settings = load("policy: {disable_guard: warn, quiet_period: 5s, max_hold: 1m}\naws: {validation_timeout: 7s}\n")
-    assert policy_for_user(settings, {}, "alice") == EffectivePolicy(
+    assert resolve_policy(settings.policy_defaults(), {}, "alice") == EffectivePolicy(
         max_key_age=timedelta(days=90),
         grace_period=timedelta(days=7),
         retention=timedelta(days=7),
@@ -957,7 +959,7 @@ def test_effective_policy_carries_the_rest_of_the_configuration(load: Callable[.
 )
 def test_malformed_user_tag_is_a_user_error(tag: str, value: str) -> None:
     with pytest.raises(UserError) as caught:
-        policy_for_user(Settings(), {tag: value}, "alice")
+        resolve_policy(DEFAULTS, {tag: value}, "alice")
     assert caught.value.user == "alice"
     message = str(caught.value)
     assert message.startswith(f"alice: tag {tag}={value!r}: invalid duration {value!r}")
@@ -966,7 +968,7 @@ def test_malformed_user_tag_is_a_user_error(tag: str, value: str) -> None:
 
 def test_malformed_user_tag_message_matches_the_contract() -> None:
     with pytest.raises(UserError) as caught:
-        policy_for_user(Settings(), {"rotator:max-key-age": "abc"}, "bob")
+        resolve_policy(DEFAULTS, {"rotator:max-key-age": "abc"}, "bob")
     assert str(caught.value) == f"bob: tag rotator:max-key-age='abc': invalid duration 'abc' {DURATION_HINT}"
 
 
@@ -980,7 +982,7 @@ def test_malformed_user_tag_message_matches_the_contract() -> None:
         ({"rotator:exclude": " true "}, True),
         ({"rotator:exclude": "false"}, False),
         ({"rotator:exclude": "FALSE"}, False),
-        # Invalid values keep the user managed (so it is visible): policy_for_user reports it, below.
+        # Invalid values keep the user managed (so it is visible): resolve_policy reports it, below.
         ({"rotator:exclude": "yes"}, False),
         ({"rotator:exclude": ""}, False),
         ({"exclude": "true"}, False),
@@ -992,20 +994,20 @@ def test_exclude_tag(tags: dict[str, str], excluded: bool) -> None:
 
 @pytest.mark.parametrize("value", ["false", "False", " FALSE ", "true", "TRUE"])
 def test_a_valid_exclude_tag_is_no_problem(value: str) -> None:
-    assert policy_for_user(Settings(), {"rotator:exclude": value}, "alice").max_key_age == timedelta(days=90)
+    assert resolve_policy(DEFAULTS, {"rotator:exclude": value}, "alice").max_key_age == timedelta(days=90)
 
 
 @pytest.mark.parametrize("value", ["yes", "no", "1", "0", "", "enabled", "truee", "t"])
 def test_an_invalid_exclude_tag_is_that_users_problem(value: str) -> None:
     with pytest.raises(UserError) as caught:
-        policy_for_user(Settings(), {"Rotator:Exclude": value}, "alice")
+        resolve_policy(DEFAULTS, {"Rotator:Exclude": value}, "alice")
     assert caught.value.user == "alice"
     assert str(caught.value) == f"alice: tag rotator:exclude={value!r}: must be true or false"
 
 
 def test_the_exclude_tag_message_matches_the_contract() -> None:
     with pytest.raises(UserError, match=r"^bob: tag rotator:exclude='yes': must be true or false$"):
-        policy_for_user(Settings(), {"rotator:exclude": "yes"}, "bob")
+        resolve_policy(DEFAULTS, {"rotator:exclude": "yes"}, "bob")
 
 
 @pytest.mark.parametrize(
