@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rotator.aws.account import Aws
     from rotator.aws.dynamodb import DynamoDbLease
+    from rotator.aws.errors import THROTTLING_CODES, need, translate
     from rotator.aws.iam import IamAdapter
     from rotator.aws.organizations import OrganizationsAdapter
     from rotator.aws.secrets import SecretsAdapter
@@ -38,14 +39,7 @@ if TYPE_CHECKING:
         static_session,
     )
     from rotator.aws.sts import StsAdapter
-    from rotator.aws.transport import (
-        THROTTLING_CODES,
-        TRANSPORT_ATTEMPTS,
-        Boundary,
-        RateLimiter,
-        need,
-        translate,
-    )
+    from rotator.aws.transport import TRANSPORT_ATTEMPTS, Boundary, RateLimiter
     from rotator.model import NewKey, SecretText
     from rotator.records import (
         CredentialReport,
@@ -71,12 +65,12 @@ _EXPORTS: dict[str, str] = {
     "static_client": "rotator.aws.session",
     "static_session": "rotator.aws.session",
     "StsAdapter": "rotator.aws.sts",
-    "THROTTLING_CODES": "rotator.aws.transport",
+    "THROTTLING_CODES": "rotator.aws.errors",
     "TRANSPORT_ATTEMPTS": "rotator.aws.transport",
     "Boundary": "rotator.aws.transport",
     "RateLimiter": "rotator.aws.transport",
-    "need": "rotator.aws.transport",
-    "translate": "rotator.aws.transport",
+    "need": "rotator.aws.errors",
+    "translate": "rotator.aws.errors",
     "NewKey": "rotator.model",
     "SecretText": "rotator.model",
     "CredentialReport": "rotator.records",

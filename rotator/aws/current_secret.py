@@ -14,16 +14,14 @@ from typing import TYPE_CHECKING, cast
 
 import botocore.config
 import botocore.exceptions
-import botocore.parsers
 import botocore.session
 
 from rotator import __version__
+from rotator.aws.errors import translate, translate_failure, unreadable
 from rotator.errors import (
-    AccessDeniedError,
     AwsError,
     NotFoundError,
     RotatorError,
-    ThrottledError,
     UnreachableError,
     UsageError,
 )
@@ -38,13 +36,6 @@ CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 5.0
 MAX_ATTEMPTS = 3
 
-_ERRORS: dict[str, type[AwsError]] = {
-    "ResourceNotFoundException": NotFoundError,
-    "AccessDeniedException": AccessDeniedError,
-    "AccessDenied": AccessDeniedError,
-    "ThrottlingException": ThrottledError,
-}
-
 
 def read_current_secret(secret_id: str, *, region: str | None = None, profile: str | None = None) -> str:
     """The ``SecretString`` of ``secret_id``'s ``AWSCURRENT`` version.
@@ -54,13 +45,13 @@ def read_current_secret(secret_id: str, *, region: str | None = None, profile: s
     ``AWS_REGION`` (which botocore does not read). Raises :class:`~rotator.errors.UsageError` for a
     missing region or profile, :class:`~rotator.errors.AwsError` for everything AWS or the network said.
     """
-    where = f"secretsmanager:GetSecretValue {secret_id}"
+    where = secret_id
     try:
         session = botocore.session.Session(profile=profile)
         region = region or session.get_config_variable("region") or os.environ.get("AWS_REGION") or None
         if region is None:
             raise UsageError("no AWS region: pass --region, or set AWS_REGION or a profile region")
-        where = f"secretsmanager:GetSecretValue {secret_id} in {region}"
+        where = f"{secret_id} in {region}"
         client = cast(
             "SecretsManagerClient",
             session.create_client(
@@ -76,30 +67,35 @@ def read_current_secret(secret_id: str, *, region: str | None = None, profile: s
         )
         answer = client.get_secret_value(SecretId=secret_id, VersionStage="AWSCURRENT")
     except botocore.exceptions.ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", "Unknown"))
-        message = " ".join(str(error.get("Message", "")).split())[:300]
-        text = f"{where}: {code}: {message}" if message else f"{where}: {code}"
-        if code == "ResourceNotFoundException":  # AWS's message does not always say which of the two
-            text += " (no secret by that name in this region, or it has no AWSCURRENT version)"
-        error_class = _ERRORS.get(code, AwsError)
-        raise error_class(text, service="secretsmanager", operation="GetSecretValue", code=code) from None
+        error = translate(exc, "secretsmanager", "GetSecretValue")
+        if isinstance(error, NotFoundError):  # AWS's message does not always say which of the two
+            where += " (no secret by that name in this region, or it has no AWSCURRENT version)"
+        raise _about(error, where) from None
     except (botocore.exceptions.ProfileNotFound, botocore.exceptions.ConfigParseError) as exc:
         raise UsageError("AWS configuration: " + " ".join(str(exc).split())[:300]) from None
-    except botocore.parsers.ResponseParserError:
-        raise AwsError(f"{where}: unreadable answer") from None  # its text is the raw body: the secret
     except (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError) as exc:
         raise UnreachableError(f"no AWS credentials to read the secret with ({type(exc).__name__})") from None
     except botocore.exceptions.CredentialRetrievalError as exc:
         # Another credential_process (the reader profile's) failed: its own stderr, which never held our secret.
         raise UnreachableError(" ".join(str(exc).split())[:500]) from None
-    except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
-        raise UnreachableError(f"{where}: endpoint unreachable or no answer ({type(exc).__name__})") from None
-    except botocore.exceptions.BotoCoreError as exc:
-        raise AwsError(f"{where}: {type(exc).__name__}") from None
+    except RotatorError:
+        raise  # our own (no region): already what the caller should see
+    except Exception as exc:  # every transport and parser failure, through the one map (never its text)
+        raise _about(translate_failure(exc, "secretsmanager", "GetSecretValue"), where) from None
     value = answer.get("SecretString")
     if isinstance(value, str):
         return value
     if "SecretBinary" in answer:
         raise RotatorError(f"{secret_id}: AWSCURRENT holds a binary value, not the rotator's JSON document")
-    raise AwsError(f"{where}: unreadable answer")  # botocore's {"message": <raw body>} for a garbled 2xx
+    raise _about(unreadable("secretsmanager", "GetSecretValue"), where)  # botocore's {"message": <raw body>}
+
+
+def _about(error: AwsError, where: str) -> AwsError:
+    """``error`` (from the one map in :mod:`rotator.aws.errors`), naming the secret and region it was about."""
+    return type(error)(
+        f"{error} [{where}]",
+        service=error.service,
+        operation=error.operation,
+        code=error.code,
+        maybe_acted=error.maybe_acted,
+    )

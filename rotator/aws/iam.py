@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from rotator.aws.transport import Boundary, as_utc, need
+from rotator.aws.errors import need
+from rotator.aws.transport import Boundary, as_utc
 from rotator.errors import AwsError
 from rotator.model import AccessKey, KeyStatus, NewKey, SecretText
 from rotator.records import CredentialReport, KeyCreation, KeyLastUsed, ReportKey, UserDetail

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rotator.aws.errors import need
 from rotator.aws.session import refreshable_session
-from rotator.aws.transport import Boundary, as_utc, need
+from rotator.aws.transport import Boundary, as_utc
 from rotator.model import NewKey
 
 if TYPE_CHECKING:

@@ -394,6 +394,7 @@ def test_a_whole_run_loads_only_botocore_and_the_reader(aws: AwsEnv) -> None:
         "rotator.errors",
         "rotator.aws",
         "rotator.aws.current_secret",
+        "rotator.aws.errors",  # the one error map, shared with the transport (botocore only)
     }
 
 
