@@ -224,7 +224,7 @@ def retired_previous(disabled_at: datetime) -> UserState:
 class Expect:
     """A step as the table writes it: action, key, a fragment of the reason, and the flags.
 
-    ``problem`` is checked only where the table says (``None``: not checked); the other flags always.
+    Every flag is compared, ``problem`` included: a skip is an ordinary one unless the table says otherwise.
     """
 
     action: Action
@@ -233,7 +233,7 @@ class Expect:
     due_at: datetime | None = None
     loud: bool = False
     resume: bool = False
-    problem: bool | None = None
+    problem: bool = False
     unproven: bool = False
 
     def matches(self, step: Step) -> bool:
@@ -244,7 +244,7 @@ class Expect:
             and (self.due_at is None or step.due_at == self.due_at)
             and step.loud == self.loud
             and step.resume == self.resume
-            and (self.problem is None or step.problem == self.problem)
+            and step.problem == self.problem
             and step.unproven == self.unproven
         )
 
@@ -273,10 +273,15 @@ def skip(
     reason: str,
     *,
     due_at: datetime | None = None,
-    problem: bool | None = None,
+    problem: bool = False,
     unproven: bool = False,
 ) -> Expect:
     return Expect(Action.SKIP, key_id, reason, due_at, problem=problem, unproven=unproven)
+
+
+def stuck(key_id: str | None, reason: str, *, due_at: datetime | None = None) -> Expect:
+    """A rotation that cannot happen (no free key slot): a problem, so the user has a series and an alert (I10)."""
+    return skip(key_id, reason, due_at=due_at, problem=True)
 
 
 def problem(reason: str) -> Expect:
@@ -648,7 +653,7 @@ CASES = [
         Case(
             steady(key(FOREIGN, created=at(days=-500)), previous=None),
             ROTATION_DUE,
-            [skip(FOREIGN, "foreign"), skip(CUR, f"no free key slot (held by {FOREIGN})")],
+            [skip(FOREIGN, "foreign"), stuck(CUR, f"no free key slot (held by {FOREIGN})")],
         ),
         id="foreign-key-filling-the-slot-blocks-rotation",
     ),
@@ -669,7 +674,7 @@ CASES = [
         Case(
             in_flight_user(ORPHAN, own=[NEW]),
             ORPHAN.created + timedelta(seconds=60),
-            [skip(NEW, "rotation in flight: new key not stored yet", due_at=ORPHAN_DUE, problem=False)],
+            [skip(NEW, "rotation in flight: new key not stored yet", due_at=ORPHAN_DUE)],
             upcoming=[Upcoming(Action.CLEANUP, NEW, ORPHAN_DUE)],
         ),
         id="orphan-within-window-is-in-flight-nothing-else",
@@ -703,7 +708,13 @@ CASES = [
         Case(
             in_flight_user(key(FOREIGN, created=MARK + timedelta(hours=1))),
             MARK + timedelta(hours=1, seconds=10),
-            [skip(FOREIGN, "foreign"), skip(CUR, f"no free key slot (held by {FOREIGN})")],
+            [
+                skip(FOREIGN, "foreign"),
+                skip(
+                    CUR,
+                    f"no free key slot (held by {FOREIGN}); a key created moments ago may be another run's",
+                ),
+            ],
         ),
         id="key-created-long-after-rotation-mark-is-foreign",
     ),
@@ -711,7 +722,7 @@ CASES = [
         Case(
             in_flight_user(key(FOREIGN, created=MARK - timedelta(hours=1))),
             MARK + timedelta(hours=1),
-            [skip(FOREIGN, "foreign"), skip(CUR, "no free key slot")],
+            [skip(FOREIGN, "foreign"), stuck(CUR, "no free key slot")],
         ),
         id="key-created-long-before-rotation-mark-is-foreign",
     ),
@@ -728,7 +739,7 @@ CASES = [
         Case(
             in_flight_user(ORPHAN),
             ORPHAN.created + timedelta(seconds=60),
-            [skip(NEW, "rotation in flight: new key not recorded yet", due_at=ORPHAN_DUE, problem=False)],
+            [skip(NEW, "rotation in flight: new key not recorded yet", due_at=ORPHAN_DUE)],
             upcoming=[],  # no cleanup is ever scheduled for it
         ),
         id="unrecorded-key-near-mark-within-window-is-in-flight-nothing-else",
@@ -737,7 +748,7 @@ CASES = [
         Case(
             in_flight_user(ORPHAN),
             ORPHAN_DUE,
-            [unproven(NEW, due_at=ORPHAN_DUE), skip(CUR, "rotation due but no free key slot", due_at=ROTATION_DUE)],
+            [unproven(NEW, due_at=ORPHAN_DUE), stuck(CUR, "rotation due but no free key slot", due_at=ROTATION_DUE)],
             upcoming=[Upcoming(Action.ROTATE, CUR, ROTATION_DUE)],
         ),
         id="unrecorded-key-near-mark-past-window-unproven-and-holds-the-slot",
@@ -746,7 +757,7 @@ CASES = [
         Case(
             in_flight_user(ORPHAN),
             ORPHAN_DUE + timedelta(days=365),
-            [unproven(NEW, due_at=ORPHAN_DUE), skip(CUR, "no free key slot")],
+            [unproven(NEW, due_at=ORPHAN_DUE), stuck(CUR, "no free key slot")],
         ),
         id="unrecorded-key-near-mark-never-cleaned-however-late",
     ),
@@ -764,7 +775,7 @@ CASES = [
         Case(
             in_flight_user(key(NEW, created=MARK - VALIDATION_TIMEOUT)),
             MARK + WINDOW,
-            [unproven(NEW), skip(CUR, "no free key slot")],
+            [unproven(NEW), stuck(CUR, "no free key slot")],
         ),
         id="unrecorded-key-exactly-validation-timeout-before-mark-is-unproven",
     ),
@@ -772,7 +783,7 @@ CASES = [
         Case(
             in_flight_user(key(FOREIGN, created=MARK + VALIDATION_TIMEOUT + timedelta(seconds=1))),
             MARK + WINDOW * 2,
-            [skip(FOREIGN, "foreign", problem=False), skip(CUR, f"no free key slot (held by {FOREIGN})")],
+            [skip(FOREIGN, "foreign"), stuck(CUR, f"no free key slot (held by {FOREIGN})")],
         ),
         id="unrecorded-key-just-outside-validation-timeout-is-foreign",
     ),
@@ -780,7 +791,7 @@ CASES = [
         Case(
             in_flight_user(ORPHAN, own=[SECOND]),
             ORPHAN_DUE,
-            [unproven(NEW), skip(CUR, "no free key slot")],
+            [unproven(NEW), stuck(CUR, "no free key slot")],
         ),
         id="another-keys-record-proves-nothing",
     ),
@@ -831,7 +842,13 @@ CASES = [
         Case(
             in_flight_user(ORPHAN, creators={NEW: False}),
             ORPHAN.created + timedelta(seconds=60),
-            [skip(NEW, "foreign"), skip(CUR, f"no free key slot (held by {NEW})")],
+            [
+                skip(NEW, "foreign"),
+                skip(
+                    CUR,
+                    f"no free key slot (held by {NEW}); a key created moments ago may be another run's",
+                ),
+            ],
         ),
         id="cloudtrail-names-another-creator-foreign-even-within-window",
     ),
@@ -839,7 +856,7 @@ CASES = [
         Case(
             in_flight_user(ORPHAN, creators={NEW: False}),
             ORPHAN_DUE,
-            [skip(NEW, "foreign", problem=False), skip(CUR, f"no free key slot (held by {NEW})")],
+            [skip(NEW, "foreign"), stuck(CUR, f"no free key slot (held by {NEW})")],
         ),
         id="cloudtrail-names-another-creator-foreign-past-window",
     ),
@@ -1007,7 +1024,7 @@ CASES = [
         Case(
             user(key(CUR, INACTIVE), PREVIOUS, secret=secret(current=CUR, previous=PRE, tags=PUBLISHED_AT_T0)),
             at(days=1),
-            [skip(None, "no free key slot")],
+            [stuck(None, "no free key slot")],
         ),
         id="current-key-inactive-without-free-slot-skips",
     ),
@@ -1597,6 +1614,12 @@ def proven_own(state: UserState, candidate: AccessKey) -> bool:
     return verdict is not False and (own_tag(candidate.key_id) in state.tags or verdict is True)
 
 
+def orphan_window(policy_: EffectivePolicy) -> timedelta:
+    """SPEC I3's in-flight window, written out here rather than read from the model (an independent
+    oracle: a production change to the window cannot also move the property's idea of it)."""
+    return policy_.validation_timeout * 2
+
+
 def provable_orphan(state: UserState, candidate: AccessKey) -> bool:
     return unreferenced(state, candidate) and proven_own(state, candidate)
 
@@ -1676,7 +1699,7 @@ def assert_safe(scenario: Scenario, plan: UserPlan) -> None:
             assert target is not None
             abandoned = step.key_id == pending_key_id(state) and not target.active
             assert provable_orphan(state, target) or abandoned, step
-            assert scenario.now >= target.created + policy_.in_flight_window
+            assert scenario.now >= target.created + orphan_window(policy_)
     # I1 and I8: one new key at most, and never a third key.
     assert len(rotations) <= 1
     created = sum(1 for s in rotations if not s.resume)
@@ -1712,7 +1735,7 @@ def in_flight_keys(scenario: Scenario) -> list[AccessKey]:
         k
         for k in state.keys
         if (provable_orphan(state, k) or ownership_candidate(state, policy_, k))
-        and scenario.now < k.created + policy_.in_flight_window
+        and scenario.now < k.created + orphan_window(policy_)
     ]
 
 
@@ -1739,11 +1762,11 @@ def assert_unproven_reported(scenario: Scenario, plan: UserPlan) -> None:
         assert not flagged
         return
     candidates = [k for k in state.keys if ownership_candidate(state, policy_, k)]
-    past_window = {k.key_id for k in candidates if now >= k.created + policy_.in_flight_window}
+    past_window = {k.key_id for k in candidates if now >= k.created + orphan_window(policy_)}
     assert flagged == past_window, plan.steps
     for candidate in candidates:
         about = [s for s in plan.steps if s.key_id == candidate.key_id]
-        if now < candidate.created + policy_.in_flight_window:
+        if now < candidate.created + orphan_window(policy_):
             assert [(s.action, s.problem, s.unproven) for s in about] == [(Action.SKIP, False, False)], about
             assert "rotation in flight" in about[0].reason
         else:
