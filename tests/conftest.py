@@ -409,9 +409,11 @@ def through_proxy(moto_server: MotoServer) -> Iterator[AwsEnv]:
 
     For tests whose processes may crash between CreateAccessKey and its ownership record: only CloudTrail's
     ``CreateAccessKey`` event (which moto lacks; the proxy serves it) proves such a key the rotator's own.
+    The proxy also checks the SigV4 signature of every request signed by a key created through it, so
+    "AWSCURRENT signs" proves the stored secret is the key's own (moto alone takes any secret).
     """
     moto_server.reset()
-    proxy = FaultProxy(moto_server.url).start()
+    proxy = FaultProxy(moto_server.url, verify_signatures=True).start()
     yield AwsEnv(proxy.url)
     proxy.stop()
     assert not proxy.errors, proxy.errors

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import http.client
 import json
 import random
@@ -86,6 +87,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from xml.sax.saxutils import escape
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 Action = Literal[
     "fail_before",
@@ -113,6 +118,9 @@ PROXY_KEY_ID = "FAULTPROXYINTERNAL"
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
 _GENERATED_TIME = re.compile(rb"<GeneratedTime>[^<]*</GeneratedTime>")
 _REQUEST_ID = re.compile(rb"<RequestId>[^<]*</RequestId>")
+_AUTHORIZATION = re.compile(
+    r"Credential=([^/,\s]+)/\d{8}/([^/]+)/([^/]+)/aws4_request,\s*SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]+)"
+)
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"})
 
 
@@ -304,7 +312,14 @@ class _Handler(BaseHTTPRequestHandler):
 class FaultProxy:
     """See the module docstring. ``start()``/``stop()``, or use it as a context manager."""
 
-    def __init__(self, upstream: str, *, resolve_signers: bool = True, upstream_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        resolve_signers: bool = True,
+        upstream_timeout: float = 60.0,
+        verify_signatures: bool = False,
+    ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream must be an http:// URL, not {upstream!r}")
@@ -318,8 +333,13 @@ class FaultProxy:
         self.cloudtrail_delay = 0.0
         #: False: LookupEvents answers AccessDeniedException, as if the caller lacked cloudtrail:LookupEvents
         self.cloudtrail_enabled = True
+        #: refuse (403 SignatureDoesNotMatch, before AWS acts) a request signed by a key created through the proxy
+        #: whose SigV4 signature its secret does not reproduce: moto without INITIAL_NO_AUTH_ACTION_COUNT takes
+        #: any secret, so without this a stored wrong SecretAccessKey would still "sign"
+        self.verify_signatures = verify_signatures
         self.errors: list[BaseException] = []
         self._lock = threading.RLock()
+        self._key_secrets: dict[str, str] = {}  # never printed: only compared, in _signature_matches
         self._rules: list[Rule] = []
         self._calls: list[Call] = []
         self._seq = 0
@@ -726,6 +746,10 @@ class FaultProxy:
                 self._run(hook, call)
         if rule is not None and kind == "fail_before":
             self._send(h, self._error(call, rule.status, rule.code, rule.message), result)
+        elif not self._signature_matches(call, headers, body):
+            result.outcome["fault"] = "bad_signature"
+            message = "The request signature we calculated does not match the signature you provided."
+            self._send(h, self._error(call, 403, "SignatureDoesNotMatch", message), result)
         elif kind == "reset_before":
             self._reset(h, result)
         else:
@@ -913,6 +937,28 @@ class FaultProxy:
                     self._signer_arns[call.signer_key_id] = arn
         return response
 
+    def _signature_matches(self, call: Call, headers: list[tuple[str, str]], body: bytes) -> bool:
+        """False when a key created through the proxy signed ``call`` and its secret gives another signature."""
+        if not self.verify_signatures or call.signer_key_id is None:
+            return True
+        with self._lock:
+            secret = self._key_secrets.get(call.signer_key_id)
+        if secret is None:
+            return True  # the test's own credentials, or a key made before the proxy: moto's rules
+        lower = {name.lower(): value for name, value in headers}
+        found = _AUTHORIZATION.search(lower.get("authorization", ""))
+        if found is None or "x-amz-date" not in lower:
+            return False
+        key_id, region, service, signed_names, signature = found.groups()
+        signed = {name: lower.get(name, "") for name in signed_names.split(";")}
+        request = AWSRequest(method=call.method, url=f"http://{lower.get('host', '')}{call.path}", data=body)
+        for name, value in signed.items():
+            request.headers[name] = value
+        request.context["timestamp"] = lower["x-amz-date"]
+        signer = SigV4Auth(Credentials(key_id, secret), service, region)
+        expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+        return hmac.compare_digest(expected, signature)
+
     def _record_created(self, call: Call, body: bytes) -> None:
         key = _xml_fields(body, "AccessKey")  # holds the secret: only the fields below are kept
         try:
@@ -934,6 +980,8 @@ class FaultProxy:
         )
         with self._lock:
             self._trail.append(event)
+            if key.get("AccessKeyId") and key.get("SecretAccessKey"):
+                self._key_secrets[key["AccessKeyId"]] = key["SecretAccessKey"]
 
     # -- CloudTrail LookupEvents ----------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,9 @@ from conftest import (
     crashing,
     policy_config,
     run_cli,
+    through_proxy,
 )
+from helpers import MotoServer
 
 # Seconds. Generous for the racing processes: two of them with 8 worker threads each share 2 cores,
 # and a rotation that overruns it withdraws its key (a failure, not a lost race).
@@ -45,6 +48,12 @@ LOST_RACE = (
     "a rotation is in flight",
     "leaves only on its own schedule",
 )
+
+
+@pytest.fixture
+def aws(moto_server: MotoServer) -> Iterator[AwsEnv]:
+    """moto behind the fault proxy, which checks the signatures of the keys the racers create."""
+    yield from through_proxy(moto_server)
 
 
 def start(aws: AwsEnv, cfg: Path, args: list[str]) -> tuple[list[str], subprocess.Popen[str]]:
@@ -76,7 +85,10 @@ def assert_one_rotation_each(aws: AwsEnv, tmp_path: Path, due: dict[str, str], p
 
     for user in DUE_USERS:
         assert aws.keys(user) == {due[user]: "Active", new_key[user]: "Active"}, user
-        assert aws.secret(user)["AccessKeyId"] == new_key[user], user
+        document = aws.secret(user)
+        assert document["AccessKeyId"] == new_key[user], user
+        # I2: the stored secret is the key's own (the proxy verifies the signature; moto alone takes any secret).
+        assert aws.caller_arn(new_key[user], document["SecretAccessKey"]).endswith(f":user/svc/{user}"), user
         stages = aws.stages(user)
         assert not any("AWSPENDING" in s for s in stages.values()), (user, stages)
 

@@ -141,8 +141,8 @@ def assert_current_works(aws: AwsEnv, user: str) -> dict[str, Any]:
     created = datetime.fromisoformat(document["CreateDate"])
     assert created.utcoffset() == timedelta(0), "CreateDate must be UTC"
     assert abs(created - key_dates(aws, user)[key_id]) < timedelta(seconds=1)
-    # moto without INITIAL_NO_AUTH_ACTION_COUNT does not check signatures, so the key id check above
-    # carries the proof here; this at least shows the pair is accepted and maps to the right user.
+    # The fault proxy in front of moto checks the SigV4 signature of keys created through it (moto alone takes any
+    # secret): this proves the stored SecretAccessKey is the key's own.
     arn = aws.caller_arn(key_id, document["SecretAccessKey"])
     assert arn == aws.iam.get_user(UserName=user)["User"]["Arn"]
     return document

@@ -87,6 +87,34 @@ def test_signatures_survive_the_proxy(signed_moto: StartSignedMoto) -> None:
     assert [u["UserName"] for u in signer.iam.list_users()["Users"]] == ["admin", "alice"]
 
 
+def test_verify_signatures_refuses_a_wrong_secret_for_a_key_created_through_it(aws: AwsEnv) -> None:
+    """moto (without INITIAL_NO_AUTH_ACTION_COUNT) takes any secret; the proxy checks SigV4 for keys it saw made."""
+    aws.iam.create_user(UserName="alice")
+    with FaultProxy(aws.url, verify_signatures=True) as proxy:
+        key = one_shot(proxy.url, "iam").create_access_key(UserName="alice")["AccessKey"]
+        key_id, secret = key["AccessKeyId"], key["SecretAccessKey"]
+        right = one_shot(proxy.url, "sts", key_id, secret).get_caller_identity()
+        with pytest.raises(ClientError) as forged:
+            one_shot(proxy.url, "sts", key_id, secret[:-1] + ("A" if secret[-1] != "A" else "B")).get_caller_identity()
+        with pytest.raises(ClientError) as forged_json:  # the JSON protocol too, and before AWS acts
+            one_shot(proxy.url, "secretsmanager", key_id, "wrong").create_secret(Name="x", SecretString="y")
+        one_shot(proxy.url, "iam").list_users()  # the test's own credentials: moto's rules
+        checked = [(c.operation, c.status, c.fault) for c in proxy.calls]
+    assert right["Arn"].endswith(":user/alice")
+    assert code(forged) == code(forged_json) == "SignatureDoesNotMatch"
+    assert aws.sm.list_secrets()["SecretList"] == []
+    assert checked == [
+        ("CreateAccessKey", 200, None),
+        ("GetCallerIdentity", 200, None),
+        ("GetCallerIdentity", 403, "bad_signature"),
+        ("CreateSecret", 403, "bad_signature"),
+        ("ListUsers", 200, None),
+    ]
+    with FaultProxy(aws.url) as lax:  # off by default: moto's own (lax) rules
+        lax_key = one_shot(lax.url, "iam").create_access_key(UserName="alice")["AccessKey"]
+        assert one_shot(lax.url, "sts", lax_key["AccessKeyId"], "wrong").get_caller_identity()["Arn"]
+
+
 def test_identifies_signer_and_json_targets(fault_proxy: FaultProxy) -> None:
     dynamodb = one_shot(fault_proxy.url, "dynamodb", key="AKIAOPERATOR0000TEST", secret="x")
     dynamodb.list_tables()
