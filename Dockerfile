@@ -2,8 +2,10 @@
 # No `# syntax=` line on purpose: it makes BuildKit pull docker/dockerfile from Docker Hub on every build,
 # which air-gapped builders cannot reach; the built-in frontend (Docker >= 20.10) handles RUN --mount.
 #   docker build -t iam-key-rotator .
-#   docker run --read-only --tmpfs /tmp -v /path/to/config.yaml:/etc/rotator/config.yaml:ro \
-#     -e AWS_REGION=eu-west-1 -p 9464:9464 iam-key-rotator
+#   docker run --read-only --tmpfs /tmp --stop-timeout 90 -v /etc/rotator:/etc/rotator:ro \
+#     -e AWS_REGION=eu-west-1 -p 127.0.0.1:9464:9464 iam-key-rotator
+# (docs/operations.md "Install as a container": mount the directory, not the file, so a SIGHUP reload sees an
+# edited config; --stop-timeout above the daemon's 25 s drain.)
 # AWS credentials come from boto3's chain (task/pod role, AWS_* env), never from the config file.
 
 ARG BASE_IMAGE=python:3.11-slim

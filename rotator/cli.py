@@ -10,6 +10,7 @@ import argparse
 import json
 import re
 import sys
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -24,12 +25,14 @@ from rotator.model import Action
 from rotator.render import format_age, last_use_cell, print_table, when
 
 if TYPE_CHECKING:  # the App (and boto3) load only for commands that talk to AWS
-    from rotator.app import AccountView, App
+    from rotator.app import AccountView, App, RotateResult
     from rotator.executor import UserOutcome
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +53,14 @@ def _iam_user_name(value: str) -> str:
     return value
 
 
+def _tag_filter(value: str) -> tuple[str, str]:
+    """``--tag KEY=VALUE``."""
+    key, sep, tag_value = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{value!r} is not KEY=VALUE")
+    return key, tag_value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="configuration file")
@@ -62,11 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", parents=[common], help="one pass now, then exit")
     sweep.add_argument("--dry-run", action="store_true", help="report like plan; change nothing")
     plan = commands.add_parser("plan", parents=[common], help="what a sweep would do now; changes nothing")
-    plan.add_argument("--json", action="store_true")
+    plan.add_argument(
+        "--json", action="store_true", help="a JSON array of steps (account, user, action, key_id, reason, due_at)"
+    )
     inventory = commands.add_parser("inventory", parents=[common], help="managed users, keys, ages, status, last use")
-    inventory.add_argument("--json", action="store_true")
+    inventory.add_argument("--json", action="store_true", help="a JSON array of users with their keys and secret")
     rotate = commands.add_parser("rotate", parents=[common], help="forced rotation now, whatever the age")
-    rotate.add_argument("users", nargs="+", metavar="USER", type=_iam_user_name)
+    rotate.add_argument("users", nargs="*", metavar="USER", type=_iam_user_name)
+    rotate.add_argument(
+        "--all", action="store_true", help="every managed key now (incident response); narrowed by --path/--tag"
+    )
+    rotate.add_argument("--path", metavar="PREFIX", default=None, help="with --all: only users under this IAM path")
+    rotate.add_argument(
+        "--tag", metavar="KEY=VALUE", type=_tag_filter, default=None, help="with --all: only users with this tag"
+    )
+    rotate.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
     rotate.add_argument(
         "--account",
         action="append",
@@ -75,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="only in this account (repeatable); default: every account where the user is managed",
     )
     rotate.add_argument(
-        "--revoke", action="store_true", help="disable the previous key as soon as the new one is published"
+        "--revoke",
+        action="store_true",
+        help="compromise response: disable the key that was current until now as soon as the new one is "
+        "published (an older replaced key still there is deleted first)",
     )
     credential = commands.add_parser(
         credential_process.COMMAND, help="the secret's AWSCURRENT as AWS credential_process JSON with an Expiration"
@@ -109,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix}{_one_line(exc)}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 #: The one table from error class to exit code and the start of its line on stderr (first match wins).
@@ -157,6 +181,8 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per
         from rotator.sandbox import run_sandbox  # noqa: PLC0415 - moto is an optional extra
 
         return int(run_sandbox(args))
+    if command == "rotate":
+        _check_rotate_args(args)
     from rotator.app import App  # noqa: PLC0415 - keeps `--version`/`check-config` free of boto3
 
     app = App(settings)
@@ -167,6 +193,13 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per
     if command == "sweep":
         return _sweep(app, dry_run=True if args.dry_run else None)
     if command == "rotate":
+        if args.all:
+            if sys.stderr.isatty() and not getattr(args, "log_level", None):
+                # The bar and the table say what the info events would; they would scroll the bar away.
+                configure_logs(getattr(args, "log_format", None) or settings.logging.format, "warning")
+            return _rotate_all(
+                app, revoke=args.revoke, path=args.path, tag=args.tag, yes=args.yes, account_ids=args.account
+            )
         return _rotate(app, args.users, revoke=args.revoke, account_ids=args.account)
     raise UsageError(f"unknown command {command!r}")
 
@@ -304,7 +337,7 @@ def _sweep(app: App, *, dry_run: bool | None) -> int:
         for outcome in report.outcomes:
             for failure in outcome.failed:
                 action = failure.step.action.value if failure.step else "user"
-                print(f"FAILED {outcome.user} {action}: {redact_text(failure.message)}", file=sys.stderr)
+                print(f"FAILED {outcome.user} {action}: {redact_text(failure.reason(outcome.user))}", file=sys.stderr)
     for account_failure in report.errors:
         print(f"rotator: AWS error: {redact_text(account_failure.message)}", file=sys.stderr)
     return EXIT_FAILED if report.failed else EXIT_OK
@@ -326,6 +359,130 @@ def _rotate(app: App, users: list[str], *, revoke: bool, account_ids: Sequence[s
         print(f"rotator: AWS error: {_one_line(failure.message)}", file=sys.stderr)
         status = EXIT_FAILED
     return status
+
+
+def _check_rotate_args(args: argparse.Namespace) -> None:
+    """``rotate USER...`` or ``rotate --all [--path P] [--tag K=V] [--yes]``, never both (exit 2)."""
+    if args.all and args.users:
+        raise UsageError("rotate: give USER names or --all, not both")
+    if not args.all and not args.users:
+        raise UsageError("rotate: give USER names, or --all for every managed key")
+    if not args.all:
+        given = [name for name, value in (("--path", args.path), ("--tag", args.tag), ("--yes", args.yes)) if value]
+        if given:
+            raise UsageError(f"rotate: {', '.join(given)} only go with --all")
+
+
+def _rotate_all(
+    app: App,
+    *,
+    revoke: bool,
+    path: str | None,
+    tag: tuple[str, str] | None,
+    yes: bool,
+    account_ids: Sequence[str] = (),
+) -> int:
+    """``rotate --all``: confirm (on a terminal), rotate with progress, summarize; Ctrl-C stops between steps."""
+    from rotator.progress import Progress  # noqa: PLC0415 - only this command draws progress
+
+    app.refuse_dry_run("--all")
+    targets = app.rotation_targets(path=path, tag=tag, account_ids=account_ids)
+    for failure in app.plan_errors:
+        print(f"rotator: AWS error: {_one_line(failure.message)}", file=sys.stderr)
+    unreadable = EXIT_FAILED if app.plan_errors else EXIT_OK
+    if not targets:
+        print("rotator: no managed user matches: nothing rotated", file=sys.stderr)
+        return unreadable
+    accounts = sorted({t.account.account_id for t in targets})
+    what = (
+        f"{len(targets)} managed user{'s' * (len(targets) != 1)} in {len(accounts)} account{'s' * (len(accounts) != 1)}"
+    )
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            raise UsageError("rotate --all changes every managed key: confirm with --yes when not on a terminal")
+        revoking = " and disable each previous key at once (--revoke)" if revoke else ""
+        sys.stderr.write(f"Rotate the access keys of {what}{revoking}? [y/N] ")
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("rotator: aborted: nothing rotated", file=sys.stderr)
+            return EXIT_FAILED
+    on_terminal = sys.stderr.isatty()
+    progress = Progress(len(targets), sys.stderr if on_terminal else sys.stdout, bar=on_terminal)
+    several = len(accounts) > 1
+
+    def show(result: RotateResult) -> None:
+        if result.interrupted and result.outcome is None:
+            return  # never started: listed at the end
+        line, ok = rotate_summary(result.outcome, result.error)
+        progress.finished(ok, f"{_who(result, several)}: {redact_text(line)}")
+
+    stop = threading.Event()
+    box: list[list[RotateResult] | BaseException] = []
+
+    finished = threading.Event()
+
+    def work() -> None:
+        try:
+            box.append(app.rotate_targets(targets, revoke=revoke, stop=stop, on_result=show))
+        except BaseException as exc:  # handed to the main thread, raised there
+            box.append(exc)
+        finally:
+            finished.set()
+
+    worker = threading.Thread(target=work, name="rotate-all", daemon=True)
+    worker.start()
+    try:
+        _wait(finished)
+    except KeyboardInterrupt:
+        stop.set()
+        print(
+            "\nrotator: interrupted: finishing the steps in flight, starting no others (Ctrl-C again quits at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            _wait(finished)
+        except KeyboardInterrupt:
+            print(
+                "rotator: quit: users in flight may be left mid-rotation; the next sweep settles them", file=sys.stderr
+            )
+            return EXIT_INTERRUPTED
+    progress.close()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return _rotate_all_summary(box[0], several, interrupted=stop.is_set()) or unreadable
+
+
+def _wait(finished: threading.Event) -> None:
+    # Not Thread.join: a KeyboardInterrupt inside join() can leave the thread looking finished (CPython
+    # gh-90882); an Event's wait can be interrupted and simply waited on again.
+    while not finished.wait(0.1):
+        pass
+
+
+def _who(result: RotateResult, several: bool) -> str:
+    return f"{result.user} (account {result.account})" if several and result.account else result.user
+
+
+def _rotate_all_summary(results: list[RotateResult], several: bool, *, interrupted: bool) -> int:
+    """The table of every user's result; what an interruption left; the exit code."""
+    rows, left, failed = [], [], 0
+    for result in results:
+        if result.interrupted and not (result.outcome and result.outcome.done):
+            rows.append([result.account or "-", result.user, "left: not started (interrupted)"])
+            left.append(_who(result, several))
+            continue
+        line, ok = rotate_summary(result.outcome, result.error)
+        failed += 0 if ok else 1
+        rows.append([result.account or "-", result.user, redact_text(line)])
+    print_table(rows, ["account", "user", "result"])
+    rotated = len(results) - failed - len(left)
+    print(f"rotate --all: {rotated} rotated, {failed} failed, {len(left)} left of {len(results)}", file=sys.stderr)
+    if interrupted:
+        if left:
+            print(f"rotator: interrupted: not rotated yet: {' '.join(left)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def rotate_summary(outcome: UserOutcome | None, error: str | None) -> tuple[str, bool]:

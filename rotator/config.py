@@ -34,8 +34,10 @@ from rotator.config_sections import (
     Duration,
     LoggingSettings,
     MetricsSettings,
+    NotificationSettings,
     OrganizationSettings,
     PolicySettings,
+    ResponseSettings,
     SafetySettings,
     ScheduleSettings,
     SecretsSettings,
@@ -57,8 +59,10 @@ __all__ = [
     "Duration",
     "LoggingSettings",
     "MetricsSettings",
+    "NotificationSettings",
     "OrganizationSettings",
     "PolicySettings",
+    "ResponseSettings",
     "SafetySettings",
     "ScheduleSettings",
     "SecretsSettings",
@@ -94,6 +98,12 @@ class Settings(_Section):
         default=None,
         description="Discover member accounts through AWS Organizations; null disables discovery.",
     )
+    response: ResponseSettings = Field(
+        default_factory=ResponseSettings, description="The response to an exposed key (AWS's quarantine policy)."
+    )
+    notifications: NotificationSettings = Field(
+        default_factory=NotificationSettings, description="Messages to key owners and the security team."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -123,6 +133,7 @@ class Settings(_Section):
             quiet_period=policy.quiet_period,
             max_hold=policy.max_hold,
             validation_timeout=self.aws.validation_timeout,
+            quarantine=self.response.quarantine,
         )
 
     def warnings(self) -> list[str]:

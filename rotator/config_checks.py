@@ -6,11 +6,13 @@ at the key's path; each ``check_*`` returns the value it accepts, so a validator
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import string
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from rotator.durations import _shorten, format_duration
 
@@ -135,6 +137,36 @@ def check_table_name(value: str | None) -> str | None:
     """``coordination.lease_table``."""
     if value is not None and _DYNAMODB_TABLE_RE.fullmatch(value) is None:
         raise ValueError(f"{_shorten(value)!r} is not a DynamoDB table name (3 to 255 of A-Z a-z 0-9 _ . -)")
+    return value
+
+
+_TOPIC_ARN_RE = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
+
+
+def check_topic_arn(value: str | None) -> str | None:
+    """``notifications.sns_topic_arn``."""
+    if value is not None and _TOPIC_ARN_RE.fullmatch(value) is None:
+        raise ValueError(f"{_shorten(value)!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+    return value
+
+
+def check_webhook_url(value: str) -> str:
+    """``notifications.webhook_url``: https, or http to a loopback address (a local relay, tests).
+
+    The URL itself is never repeated in the message: webhook URLs carry their credential (Slack's do).
+    """
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+    except ValueError:
+        raise ValueError("is not a URL") from None
+    if not host:
+        raise ValueError("is not a URL with a host")
+    loopback = host == "localhost"
+    with contextlib.suppress(ValueError):  # a host name, not an address
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError("must be an https URL (http only to a loopback address)")
     return value
 
 

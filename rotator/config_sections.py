@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    SecretStr,
     field_validator,
     model_validator,
 )
@@ -36,9 +37,11 @@ from rotator.config_checks import (
     check_role_name,
     check_secret_tags,
     check_table_name,
+    check_topic_arn,
+    check_webhook_url,
 )
 from rotator.durations import _validate_duration, format_duration
-from rotator.model import GuardMode
+from rotator.model import GuardMode, QuarantineMode
 
 __all__ = [
     "AwsSettings",
@@ -46,8 +49,10 @@ __all__ = [
     "Duration",
     "LoggingSettings",
     "MetricsSettings",
+    "NotificationSettings",
     "OrganizationSettings",
     "PolicySettings",
+    "ResponseSettings",
     "SafetySettings",
     "ScheduleSettings",
     "SecretsSettings",
@@ -306,6 +311,22 @@ class SafetySettings(_Section):
     )
 
 
+def _rate(default: float, what: str) -> Any:
+    return Field(default=default, strict=True, gt=0, le=10_000, allow_inf_nan=False, description=what)
+
+
+class AwsRates(_Section):
+    """Ceilings of the adaptive rate limits, calls per second per account (docs/performance.md)."""
+
+    iam: float = _rate(20.0, "IAM (its quota is unpublished and shared by every IAM client of the account).")
+    secretsmanager: float = _rate(40.0, "Secrets Manager (AWS: 50/s for writes).")
+    sts: float = _rate(20.0, "STS (role assumption, new-key validation).")
+    organizations: float = _rate(5.0, "AWS Organizations (account discovery).")
+    dynamodb: float = _rate(20.0, "DynamoDB (the lease; never queued behind the other services).")
+    cloudtrail: float = _rate(2.0, "CloudTrail LookupEvents (AWS: 2/s per account and region).")
+    other: float = _rate(5.0, "Any other service (SNS, ...).")
+
+
 class AwsSettings(_Section):
     """How the rotator talks to AWS (endpoint, region and credentials come from boto3's standard chain)."""
 
@@ -315,13 +336,45 @@ class AwsSettings(_Section):
         ge=1,
         description="Attempts per AWS call, including the first, before a throttled or failed call gives up.",
     )
-    max_calls_per_second: float = Field(
-        default=10.0,
+    rates: AwsRates = Field(
+        default_factory=AwsRates,
+        description="Calls per second per account, each service on its own (lowered on throttling, then raised back).",
+    )
+    max_calls_per_second: float | None = Field(
+        default=None,
         strict=True,
         gt=0,
         allow_inf_nan=False,
-        description="Client-side rate limit on AWS API calls, to stay clear of IAM's throttling.",
+        description=(
+            "When set, the ceiling of every service in place of aws.rates (one figure for all); null: aws.rates."
+        ),
     )
+    concurrency: int = Field(
+        default=32,
+        strict=True,
+        ge=1,
+        le=256,
+        description=(
+            "Users acted on at once in one account (while one new key propagates, others proceed); "
+            "1: one after the other."
+        ),
+    )
+    parallel_accounts: int = Field(
+        default=4,
+        strict=True,
+        ge=1,
+        le=64,
+        description="Accounts swept or rotated at once, each within its own rate limits.",
+    )
+
+    def ceilings(self) -> tuple[dict[str, float], float]:
+        """Each service's rate ceiling (botocore service names) and the one of any other service."""
+        if self.max_calls_per_second is not None:
+            return {}, self.max_calls_per_second
+        named = self.rates.model_dump()
+        other = named.pop("other")
+        return named, other
+
     # A new key authenticates within seconds to a few minutes: an hour is generous, and twice this is how long
     # other runs leave a new key alone as "in flight".
     validation_timeout: Annotated[Duration, _duration_between(timedelta(seconds=1), timedelta(hours=1))] = Field(
@@ -347,6 +400,13 @@ class CoordinationSettings(_Section):
     lease_table: str | None = Field(
         default=None,
         description="DynamoDB table holding the leader lease between replicas; null runs without one.",
+    )
+    lease_ttl: Annotated[Duration, _duration_between(timedelta(seconds=2), timedelta(minutes=10))] = Field(
+        default=timedelta(seconds=60),
+        description=(
+            "How long a lease lasts without renewal (2s to 10m; renewed every third of it). A replica takes over "
+            "a dead leader within about this; a leader that could not renew for 3/4 of it stops changing anything."
+        ),
     )
 
     @field_validator("lease_table")
@@ -387,3 +447,81 @@ class OrganizationSettings(_Section):
     @classmethod
     def _valid_accounts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return check_account_ids(value)
+
+
+class ResponseSettings(_Section):
+    """What the rotator does on its own about an exposed key (docs/operations.md, "Exposed keys")."""
+
+    quarantine: QuarantineMode = Field(
+        default=QuarantineMode.ROTATE_AND_REVOKE,
+        description=(
+            "A managed user with an AWSCompromisedKeyQuarantine* policy attached: rotate_and_revoke rotates it "
+            "in the next sweep and disables every key it had then as soon as the new key is published (no "
+            "grace period, no hold), deleting them after policy.retention; report only reports it; ignore does "
+            "neither. The quarantine policy is never detached by the rotator."
+        ),
+    )
+
+    @field_validator("quarantine", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return _lower(value)
+
+
+class NotificationSettings(_Section):
+    """Messages to key owners and the security team (docs/operations.md, "Notifications")."""
+
+    sns_topic_arn: str | None = Field(
+        default=None,
+        description=(
+            "SNS topic every notification is published to (message attribute owner for subscription filters); "
+            "null sends none."
+        ),
+    )
+    webhook_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "HTTPS URL receiving a Slack-compatible JSON body per notification (never printed: it is a "
+            "credential); null sends none."
+        ),
+    )
+    owner_tag: str = Field(
+        default="owner",
+        min_length=1,
+        max_length=128,
+        description="IAM user tag naming the key's owner (an address or a channel), sent with each notification.",
+    )
+    warn_before: Annotated[Duration, _duration_between(timedelta(seconds=1), timedelta(days=365))] = Field(
+        default=timedelta(days=3),
+        description="Warn the owner this long before a previous key is disabled (once per key).",
+    )
+    repeat_after: Annotated[Duration, _duration_between(timedelta(seconds=1), timedelta(days=365))] = Field(
+        default=timedelta(days=1),
+        description=(
+            "The same notification (a key still held, a rotation or sweep still failing) is sent again at most "
+            "this often; warnings and foreign keys once per key."
+        ),
+    )
+    timeout: Annotated[Duration, _duration_between(timedelta(seconds=1), timedelta(minutes=1))] = Field(
+        default=timedelta(seconds=5),
+        description="How long one webhook delivery may take before it counts as failed (1s to 1m).",
+    )
+    queue_size: int = Field(
+        default=1000,
+        strict=True,
+        ge=1,
+        le=100000,
+        description="Notifications waiting for delivery at most; more are dropped (and counted), never waited for.",
+    )
+
+    @field_validator("sns_topic_arn")
+    @classmethod
+    def _valid_topic(cls, value: str | None) -> str | None:
+        return check_topic_arn(value)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _valid_webhook(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_webhook_url(value.get_secret_value())
+        return value

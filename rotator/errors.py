@@ -112,3 +112,8 @@ class DryRunRefusedError(RotatorError):
 
 class ValidationTimeoutError(RotatorError):
     """A newly created key did not authenticate within the configured bound."""
+
+
+class MutationRefusedError(RotatorError):
+    """A mutating AWS call was refused before it went out: this process may not change anything now
+    (it no longer holds the lease, or AWS's clock is unknown); see ``rotator.guard``."""

@@ -63,6 +63,25 @@ class KeyDisabled(UserEvent):
     name: ClassVar[str] = "key.disabled"
     reason: str = ""
     loud: bool = False
+    #: ``max_hold`` (the guard gave up holding), ``quarantine`` (an exposed key), ``revoke`` (``rotate --revoke``);
+    #: None: the previous key's ordinary end of grace.
+    cause: str | None = None
+
+
+@dataclass(frozen=True)
+class QuarantineResponded(UserEvent):
+    """The response to an exposed key: ``phase`` ``started`` (the record is written, the rotation runs),
+    ``revoked`` (the new key is published and the exposed key ``key_id`` disabled) or ``reported``
+    (``response.quarantine=report``: nothing done). ``policies`` are AWS's quarantine policies attached.
+    """
+
+    name: ClassVar[str] = "key.quarantine_response"
+    level: ClassVar[str] = "warning"
+    phase: str = "started"
+    policies: tuple[str, ...] = ()
+    exposed_key_ids: tuple[str, ...] = ()
+    new_key_id: str | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +163,26 @@ class ValidationAttempt(UserEvent):
 
 
 @dataclass(frozen=True)
+class NotificationSent(Event):
+    """One delivery attempt of a notification (``rotator_notifications_total{channel,result}``)."""
+
+    name: ClassVar[str] = "notification.sent"
+    level: ClassVar[str] = "debug"
+    channel: str = ""  # sns | webhook
+    result: str = "success"  # success | failure | dropped
+    kind: str = ""
+    error_type: str = ""
+
+
+@dataclass(frozen=True)
+class NotificationFailed(NotificationSent):
+    """A notification not delivered (``result`` failure or dropped): logged, counted, never retried forever."""
+
+    name: ClassVar[str] = "notification.failed"
+    level: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True)
 class SweepStarted(Event):
     name: ClassVar[str] = "sweep.started"
     sweep_id: str = ""
@@ -154,6 +193,8 @@ class SweepStarted(Event):
 class SweepFinished(Event):
     name: ClassVar[str] = "sweep.finished"
     sweep_id: str = ""
+    #: success | partial (per-user or per-account problems only) | failure (the rotator could not do its job)
+    #: | interrupted; see ``SweepReport.result``.
     result: str = "success"
     dry_run: bool = False
     duration_seconds: float = 0.0
@@ -221,6 +262,29 @@ class LeaseError(Event):
     operation: str = ""
     error: str = ""
     error_type: str = ""
+
+
+@dataclass(frozen=True)
+class ClockSkew(Event):
+    """The host clock's offset from AWS's (``Date`` headers) moved: ``rotator_clock_skew_seconds``."""
+
+    name: ClassVar[str] = "clock.skew"
+    offset_seconds: float = 0.0  # AWS's time minus the host's
+    uncertainty_seconds: float = 0.0
+    plausible: bool = True
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class AccountSwept(Event):
+    """One account's part of a sweep ended: ``rotator_account_last_success_timestamp_seconds``."""
+
+    name: ClassVar[str] = "sweep.account_finished"
+    level: ClassVar[str] = "debug"
+    account: str = ""
+    sweep_id: str = ""
+    result: str = "success"  # success | failure | interrupted
+    finished_at: datetime | None = None
 
 
 Subscriber = Callable[[Event], None]

@@ -21,7 +21,15 @@ from typing import TypedDict
 
 from rotator.config import Settings
 from rotator.durations import format_duration
-from rotator.errors import AwsError, ConcurrentlyDone, NotFoundError, NotManagedError, RotatorError, UserError
+from rotator.errors import (
+    AwsError,
+    ConcurrentlyDone,
+    MutationRefusedError,
+    NotFoundError,
+    NotManagedError,
+    RotatorError,
+    UserError,
+)
 from rotator.events import (
     ActionFailed,
     ActionSkipped,
@@ -31,8 +39,10 @@ from rotator.events import (
     KeyHeld,
     KeyOwnershipUnproven,
     OrphanDeleted,
+    QuarantineResponded,
     RecordRepaired,
 )
+from rotator.guard import Guard, GuardedPort
 from rotator.inventory import Inventory
 from rotator.model import (
     AWSCURRENT,
@@ -45,10 +55,14 @@ from rotator.model import (
     TAG_PREVIOUS_CREATED,
     TAG_PREVIOUS_KEY,
     TAG_PUBLISHED_AT,
+    TAG_QUARANTINE_AT,
+    TAG_QUARANTINE_KEYS,
+    TAG_QUARANTINE_POLICIES,
     USER_TAG_ROTATION_KEYS,
     USER_TAG_ROTATION_STARTED,
     Action,
     KeyStatus,
+    QuarantineMode,
     Step,
     UserPlan,
     UserState,
@@ -99,6 +113,12 @@ class Failure:
         # A defect: its text may hold anything (a response body); the log has the traceback.
         return f"unexpected {type(self.error).__name__} (see the log)"
 
+    def reason(self, user: str) -> str:
+        """:attr:`message` for a line that names ``user`` already (never ``app: ... app: ...``)."""
+        if isinstance(self.error, UserError):
+            return self.error.reason
+        return self.message.removeprefix(f"{user}: ")
+
 
 class Budget:
     """``safety.max_actions_per_sweep``, shared by the worker threads of one sweep."""
@@ -144,8 +164,10 @@ class Executor:
         sweep_id: str | None = None,
         stop: threading.Event | None = None,
         dry_run: bool = False,
+        guard: Guard | None = None,
     ) -> None:
-        self.aws = aws
+        #: Every mutating call asks ``guard`` first (fencing, AWS's clock: rotator.guard); None: no guard.
+        self.aws: AccountPort = aws if guard is None else GuardedPort(aws, guard)
         self.inventory = inventory
         self.settings = settings
         self.defaults = settings.policy_defaults()
@@ -155,9 +177,11 @@ class Executor:
         self.clock = clock
         self.sweep_id = sweep_id
         #: Carries out ``rotate`` steps (the rotation protocol) with the same collaborators.
-        self.rotation = Rotation(aws, settings, emit, clock, sleep=sleep, sweep_id=sweep_id)
+        self.rotation = Rotation(self.aws, settings, emit, clock, sleep=sleep, sweep_id=sweep_id, recorder=aws)
         #: Set by the daemon on SIGTERM: no new step starts, the one in flight finishes.
         self.stop = stop
+        #: Users whose quarantine record this executor wrote (once per plan).
+        self._quarantine_recorded: set[str] = set()
         #: The key this executor published last (``--revoke`` disables against it, not the stale state).
         self._published_key: str | None = None
 
@@ -182,7 +206,12 @@ class Executor:
             return outcome
         now = self.clock()
         plan = plan_user(state, self.defaults, now)
-        self._repair(state, plan, now)
+        try:
+            self._repair(state, plan, now)
+        except MutationRefusedError as exc:  # fenced (or no AWS clock): nothing more for this user
+            outcome.failed.append(Failure(None, exc))
+            self._failed(user, None, Action.SKIP, exc)
+            return outcome
         self._execute(state, plan, budget, outcome)
         return outcome
 
@@ -228,6 +257,8 @@ class Executor:
                 self._skip(outcome.deferred, step, "deferred: safety.max_actions_per_sweep reached")
                 continue
             try:
+                if step.cause == "quarantine":
+                    self._record_quarantine(state, plan)
                 state = self._apply(state, plan, step)
             except ConcurrentlyDone as exc:
                 self._skip(outcome.skipped, step, str(exc))
@@ -239,6 +270,81 @@ class Executor:
             outcome.done.append(step)
             if revoke and step.action is Action.ROTATE and step.key_id is not None:
                 self._revoke(state, step, outcome)
+            elif step.action is Action.ROTATE:
+                self._revoke_exposed(state, plan, step, outcome)
+
+    # -- the response to an exposed key (AWS's quarantine policy) ----------------------------
+
+    def _record_quarantine(self, state: UserState, plan: UserPlan) -> None:
+        """Write the quarantine record on the secret before the response changes anything.
+
+        The record names the keys the user has now (the exposed ones): a crash anywhere later, or the
+        next sweep, reads it and finishes the response, and never takes a key created after it for an
+        exposed one. Without a secret (bootstrap) the record is written with the secret it creates.
+        """
+        quarantine = plan.quarantine
+        if quarantine is None or not quarantine.record_needed or state.user in self._quarantine_recorded:
+            return
+        if state.secret.exists:
+            self.aws.tag_secret(state.secret.name, quarantine.record.tags())
+        self.emit(
+            QuarantineResponded(
+                account=state.account,
+                user=state.user,
+                key_id=None,
+                sweep_id=self.sweep_id,
+                phase="started",
+                policies=quarantine.policies,
+                exposed_key_ids=quarantine.exposed,
+            )
+        )
+        # Once per plan: its next quarantine step (the rotation after freeing a slot) must not write it again.
+        self._quarantine_recorded.add(state.user)
+
+    def _revoke_exposed(self, state: UserState, plan: UserPlan, rotated: Step, outcome: UserOutcome) -> None:
+        """After a quarantined user's new key is published: disable the exposed key it replaced at once."""
+        quarantine = plan.quarantine
+        if quarantine is None or quarantine.mode is not QuarantineMode.ROTATE_AND_REVOKE:
+            return
+        if rotated.resume:
+            published, replaced = rotated.key_id, plan.roles.current
+        else:
+            published = self._published_key
+            replaced = plan.roles.current if state.secret.exists else state.key(rotated.key_id)
+        if replaced is None or not replaced.active or replaced.key_id not in quarantine.exposed:
+            return
+        step = Step(
+            state.account,
+            state.user,
+            Action.DISABLE,
+            replaced.key_id,
+            "exposed key of a quarantined user: disabled as soon as its successor was published",
+            loud=True,
+            cause="quarantine",
+        )
+        try:
+            self._disable(state, replaced.key_id, step.reason, loud=True, current=published, cause="quarantine")
+        except RotatorError as exc:
+            outcome.failed.append(Failure(step, exc))
+            self._failed(state.user, step.key_id, step.action, exc)
+            return
+        outcome.done.append(step)
+        self._responded(state, plan, replaced.key_id, published)
+
+    def _responded(self, state: UserState, plan: UserPlan, disabled: str, published: str | None) -> None:
+        quarantine = plan.quarantine
+        self.emit(
+            QuarantineResponded(
+                account=state.account,
+                user=state.user,
+                key_id=disabled,
+                sweep_id=self.sweep_id,
+                phase="revoked",
+                policies=quarantine.policies if quarantine else (),
+                exposed_key_ids=quarantine.exposed if quarantine else (),
+                new_key_id=published or (state.secret.key_in(AWSCURRENT)),
+            )
+        )
 
     def _held(self, state: UserState, plan: UserPlan, step: Step) -> None:
         """``key.held``: which key, and who still uses it (service, region, how long ago) in one line."""
@@ -269,7 +375,7 @@ class Executor:
             return  # nothing to disable: the outcome shows no disable step
         step = Step(state.account, state.user, Action.DISABLE, replaced.key_id, "forced rotation with --revoke")
         try:
-            self._disable(state, replaced.key_id, step.reason, loud=True, current=self._published_key)
+            self._disable(state, replaced.key_id, step.reason, loud=True, current=self._published_key, cause="revoke")
         except RotatorError as exc:
             outcome.failed.append(Failure(step, exc))
             self._failed(state.user, step.key_id, step.action, exc)
@@ -285,7 +391,9 @@ class Executor:
             return state
         assert step.key_id is not None
         if step.action is Action.DISABLE:
-            self._disable(state, step.key_id, step.reason, loud=step.loud)
+            self._disable(state, step.key_id, step.reason, loud=step.loud, cause=step.cause)
+            if step.cause == "quarantine":
+                self._responded(state, plan, step.key_id, None)
         elif step.action is Action.DELETE:
             self._delete(state, step.key_id)
             self.emit(KeyDeleted(**self._ctx(step), reason=step.reason))
@@ -312,7 +420,16 @@ class Executor:
         except NotFoundError:
             return  # already gone (a concurrent run or an operator): the goal holds
 
-    def _disable(self, state: UserState, key_id: str, reason: str, *, loud: bool, current: str | None = None) -> None:
+    def _disable(
+        self,
+        state: UserState,
+        key_id: str,
+        reason: str,
+        *,
+        loud: bool,
+        current: str | None = None,
+        cause: str | None = None,
+    ) -> None:
         # ``current`` overrides the state's view right after this run published a new key.
         if key_id == (current or state.secret.key_in(AWSCURRENT)):  # I4, defence in depth
             raise UserError(state.user, f"refusing to disable {key_id}: it is the secret's current key")
@@ -325,6 +442,7 @@ class Executor:
                 sweep_id=self.sweep_id,
                 reason=reason,
                 loud=loud,
+                cause=cause,
             )
         )
         # Recorded after the fact: a crash in between leaves no record, and the repair then
@@ -369,6 +487,16 @@ class Executor:
                         user=state.user,
                         key_id=needed.disabled_key,
                         record="disabled-at",
+                    )
+                )
+            if needed.quarantine_record_done:
+                # Secrets Manager has no partial untag in the port: an empty answered-at is "no record".
+                self.aws.tag_secret(
+                    state.secret.name, {TAG_QUARANTINE_AT: "", TAG_QUARANTINE_KEYS: "", TAG_QUARANTINE_POLICIES: ""}
+                )
+                self.emit(
+                    RecordRepaired(
+                        account=state.account, user=state.user, key_id=None, record="quarantine response finished"
                     )
                 )
             if needed.stale_user_tags:
@@ -416,6 +544,8 @@ def record_skip(step: Step, outcome: UserOutcome, emit: Callable[[Event], None],
     who: _Context = {"account": step.account, "user": step.user, "key_id": step.key_id, "sweep_id": sweep_id}
     if step.unproven:
         emit(KeyOwnershipUnproven(**who, reason=step.reason))
+    if step.cause == "quarantine" and step.key_id is None:  # response.quarantine=report
+        emit(QuarantineResponded(**who, phase="reported", reason=step.reason))
     if step.problem:
         outcome.failed.append(Failure(step, UserError(step.user, step.reason)))
         emit(ActionFailed(**who, action=step.action, error=step.reason, error_type="UserError"))
@@ -442,5 +572,7 @@ def run_users(
             executor._failed(user, None, Action.SKIP, exc)
             return outcome
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(users)))) as pool:
+    if workers <= 1:  # in order, on the calling thread (aws.concurrency: 1; a deterministic simulation)
+        return [one(user) for user in users]
+    with ThreadPoolExecutor(max_workers=min(workers, len(users))) as pool:
         return list(pool.map(one, users))

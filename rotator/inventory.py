@@ -41,14 +41,17 @@ from rotator.model import (
     TAG_PREVIOUS_CREATED,
     TAG_PREVIOUS_KEY,
     TAG_PUBLISHED_AT,
+    TAG_QUARANTINE_AT,
     TAG_USER,
     USER_TAG_OWN_PREFIX,
     USER_TAG_ROTATION_KEYS,
     USER_TAG_ROTATION_STARTED,
     AccessKey,
     KeyStatus,
+    QuarantineMode,
     SecretState,
     UserState,
+    quarantine_policy_names,
     version_id_for,
 )
 from rotator.policy import ownership_candidates
@@ -146,6 +149,8 @@ class Inventory:
         self.account = account
         #: When IAM generated the credential report the last :meth:`gather` read (None: none read).
         self.report_generated: datetime | None = None
+        #: Users the last :meth:`gather` saw quarantined: :meth:`refresh` confirms their policies fresh.
+        self._quarantined: set[str] = set()
 
     # -- the whole account -------------------------------------------------------------------
 
@@ -159,6 +164,7 @@ class Inventory:
         template = self.settings.secrets.name_template
         secrets = {s.name: s for s in self.aws.secrets(secret_prefix(template))}
         states: list[UserState] = []
+        self._quarantined = {d.name for d in details if quarantine_policy_names(d.attached_policies)}
         for detail in sorted(details, key=lambda d: d.name):
             name, error = secret_name(template, detail.name, self.account, detail.path)
             summary = secrets.get(name)
@@ -194,11 +200,27 @@ class Inventory:
         fresh: list[AccessKey] = []
         for key in keys:
             use = KeyLastUsed()
-            if key.active and (current_version is None or version_id_for(key.key_id) != current_version):
-                use = self.aws.key_last_used(key.key_id)  # the guard's question: who still uses it?
+            # The guard's question (who still uses it?) is only ever asked of a previous key, which needs a
+            # secret whose AWSCURRENT holds its successor: without a secret (a bootstrap) nobody asks it.
+            if key.active and summary is not None and version_id_for(key.key_id) != current_version:
+                use = self.aws.key_last_used(key.key_id)
             fresh.append(replace(key, last_used=use.at, last_used_service=use.service, last_used_region=use.region))
         secret = self._secret_state(name, summary, fresh)
-        return self._proven(self._state(detail, tuple(fresh), secret, error))
+        state = self._state(detail, tuple(fresh), secret, error)
+        if self._quarantine_matters(user, summary):
+            state = replace(state, attached_policies=self.aws.attached_policies(user))
+        return self._proven(state)
+
+    def _quarantine_matters(self, user: str, summary: SecretSummary | None) -> bool:
+        """Whether :meth:`refresh` must read the user's policies (GetUser does not list them).
+
+        The gather nominates (it read every user's policies in bulk), the refresh confirms: a user the
+        gather saw quarantined, or whose secret records a response, is asked again (one call, rare users).
+        A quarantine attached between the gather and the refresh is answered by the next sweep.
+        """
+        if self.settings.response.quarantine is QuarantineMode.IGNORE:
+            return False
+        return user in self._quarantined or (summary is not None and bool(summary.tags.get(TAG_QUARANTINE_AT)))
 
     # -- ownership that only CloudTrail can settle ----------------------------------------------
 
@@ -239,6 +261,7 @@ class Inventory:
             path=detail.path,
             arn=detail.arn,
             tags=dict(detail.tags),
+            attached_policies=tuple(detail.attached_policies),
             keys=tuple(keys),
             secret=secret,
             secret_name_error=error,

@@ -2,13 +2,21 @@
 
 One item per lease in a table whose partition key is ``name`` (string)::
 
-    {"name": "iam-key-rotator", "owner": "<host>:<pid>:<random>", "expires": <epoch seconds>}
+    {"name": "iam-key-rotator", "owner": "<host>:<pid>:<random>", "expires": <epoch seconds>,
+     "last_sweep": <epoch seconds>}
 
 :meth:`Lease.try_acquire` takes or renews it with a conditional ``PutItem``
 (``attribute_not_exists(#name) OR #owner = :me OR #expires < :now``); a ``GetItem`` first spares the
 standby replicas a failing conditional write on every renewal. :meth:`Lease.release` deletes it on
-``owner = :me``. :attr:`Lease.held` is true while the lease is ours by our own clock, a safety margin
-before the expiry we wrote (so clock skew between replicas eats the margin, not the exclusivity).
+``owner = :me``.
+
+Time (docs/design.md, "Time and leadership"): ``expires`` and ``:now`` are AWS's time (the daemon's
+``clock`` is :meth:`rotator.awsclock.AwsClock.checked_now`, read after the ``GetItem`` answered), so
+replicas whose host clocks disagree agree on when a lease expires. :attr:`Lease.held` - what the fencing
+guard asks before every mutating call - counts *monotonic* time since the start of the last successful
+renewal: ``ttl - margin`` of it and the lease is no longer relied on, whatever the wall clock does and
+however long the process was paused. ``last_sweep`` carries the end of the last successful sweep from
+leader to leader, so a new leader knows whether the schedule is overdue (:attr:`Lease.last_sweep`).
 
 Fail safe: any AWS error while acquiring or renewing means "not leader", is emitted as
 :class:`LeaseError` (logged), and is never raised. The lease is an optimisation on top of I8, which
@@ -25,11 +33,11 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from rotator.config import Settings
-from rotator.errors import AwsError, ConflictError
+from rotator.errors import AwsError, ConflictError, MutationRefusedError
 from rotator.events import Event, LeaderChanged, LeaseError
 from rotator.ports import LeaseStore
 
@@ -51,9 +59,31 @@ class Leadership(Protocol):
     @property
     def renew_interval(self) -> timedelta: ...
 
+    @property
+    def last_sweep(self) -> datetime | None:
+        """End of the last successful sweep by any leader (AWS time), as the lease item says; None: unknown."""
+        ...
+
+    def record_sweep(self, at: datetime) -> None:
+        """A sweep of ours succeeded at ``at`` (AWS time): the next write of the lease item carries it."""
+        ...
+
     def try_acquire(self) -> bool: ...
 
     def release(self) -> None: ...
+
+
+class FencedError(MutationRefusedError):
+    """A mutating call refused: the lease was not renewed within ``ttl - margin`` of monotonic time."""
+
+
+def fence(leadership: Leadership, operation: str) -> None:
+    """The fencing guard (rotator.guard): raise :class:`FencedError` unless ``leadership`` is held now."""
+    if not leadership.held:
+        raise FencedError(
+            f"{operation} refused: this replica no longer holds the lease (not renewed in time: paused, "
+            "or DynamoDB unreachable); the next leader completes or cleans what this run left"
+        )
 
 
 def new_owner_id() -> str:
@@ -75,6 +105,7 @@ class Lease:
         owner: str | None = None,
         ttl: timedelta = DEFAULT_TTL,
         margin: timedelta | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         if ttl <= timedelta(0):
             raise ValueError("lease ttl must be positive")
@@ -88,6 +119,8 @@ class Lease:
             raise ValueError("lease margin must be in [0, ttl)")
         self._emit = emit
         self._clock = clock
+        #: Measures how long the lease is relied on (default: ``clock``'s own seconds, for simulated time).
+        self._monotonic = monotonic or (lambda: clock().timestamp())
         #: Guards the state below; never held across an AWS call (``held`` must answer at once).
         self._lock = threading.Lock()
         #: Serialises try_acquire/release (their AWS calls).
@@ -95,8 +128,10 @@ class Lease:
         self._released = False
         #: We wrote the item and saw no one else take it since: release deletes it (conditionally).
         self._may_own = False
-        #: Until when the lease is ours by our clock (already minus the margin); None = not ours.
-        self._valid_until: datetime | None = None
+        #: Until when (monotonic) the lease is ours (already minus the margin); None = not ours.
+        self._valid_until: float | None = None
+        #: The last successful sweep (AWS epoch seconds) we know of: the item's, or our own.
+        self._last_sweep: float | None = None
         #: Last leadership emitted (None until the first attempt, so the gauge is always set once).
         self._leader: bool | None = None
 
@@ -106,10 +141,19 @@ class Lease:
         return self.ttl / 3
 
     @property
-    def held(self) -> bool:
-        """Acquired and, by our own clock, not within ``margin`` of the expiry we wrote."""
+    def last_sweep(self) -> datetime | None:
         with self._lock:
-            held = self._valid_until is not None and self._clock() < self._valid_until
+            return None if self._last_sweep is None else datetime.fromtimestamp(self._last_sweep, UTC)
+
+    def record_sweep(self, at: datetime) -> None:
+        with self._lock:
+            self._last_sweep = max(at.timestamp(), self._last_sweep or 0.0)
+
+    @property
+    def held(self) -> bool:
+        """Acquired, and less than ``ttl - margin`` of monotonic time since the last renewal started."""
+        with self._lock:
+            held = self._valid_until is not None and self._monotonic() < self._valid_until
             if not held and self._leader:
                 self._valid_until = None
                 self._set_leader(False)
@@ -123,15 +167,26 @@ class Lease:
         with self._op_lock:
             if self._released:
                 return False
-            started = self._clock()
-            now = started.timestamp()
+            started = self._monotonic()
             try:
                 current = self.aws.get_lease(self.table, self.name)
+                # AWS's time, read after GetItem answered (its Date header is the freshest sample); it
+                # raises when AWS's time is not known well enough: then we are not leader.
+                now = self._clock().timestamp()
                 if current is not None and current.owner != self.owner and current.expires >= now:
                     self._may_own = False
+                    with self._lock:
+                        self._last_sweep = _later(self._last_sweep, current.last_sweep)
                     return self._lost()
+                with self._lock:
+                    if current is not None:
+                        self._last_sweep = _later(self._last_sweep, current.last_sweep)
+                    last_sweep = self._last_sweep
                 self._may_own = True  # from here on the item may be ours, whatever the answer
-                self.aws.put_lease(self.table, self.name, self.owner, (started + self.ttl).timestamp(), now)
+                # ``now`` is no earlier than AWS's time at ``started``: the item expires no earlier than
+                # ``ttl`` after it, so our validity (below, from ``started``) ends first.
+                expires = now + self.ttl.total_seconds()
+                self.aws.put_lease(self.table, self.name, self.owner, expires, now, last_sweep=last_sweep)
             except ConflictError:
                 self._may_own = False
                 return self._lost()  # another replica won the race: plainly not leader
@@ -142,8 +197,8 @@ class Lease:
                 if self._released:  # released while we were renewing: stay down (it expires by itself)
                     return False
                 # Validity counts from *before* the calls: the item may have been written at their start.
-                valid_until = started + self.ttl - self.margin
-                held = self._clock() < valid_until  # false if the calls took longer than ttl - margin
+                valid_until = started + (self.ttl - self.margin).total_seconds()
+                held = self._monotonic() < valid_until  # false if the calls took longer than ttl - margin
                 self._valid_until = valid_until if held else None
                 self._set_leader(held)
                 return held
@@ -199,6 +254,10 @@ class Lease:
             self._emit(LeaderChanged(leader=leader))
 
 
+def _later(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
 class NoLease:
     """No lease table: this process is always the leader (``rotator_leader`` = 1)."""
 
@@ -215,6 +274,13 @@ class NoLease:
     @property
     def held(self) -> bool:
         return True
+
+    @property
+    def last_sweep(self) -> datetime | None:
+        return None  # never a takeover: this process leads from its start
+
+    def record_sweep(self, at: datetime) -> None:
+        """Nothing to record (no item)."""
 
     def try_acquire(self) -> bool:
         with self._lock:
@@ -233,11 +299,17 @@ def lease_for(
     emit: Emit,
     clock: Clock,
     *,
-    ttl: timedelta = DEFAULT_TTL,
+    ttl: timedelta | None = None,
     owner: str | None = None,
+    monotonic: Callable[[], float] | None = None,
 ) -> Lease | NoLease:
-    """The daemon's leadership: a :class:`Lease` on ``coordination.lease_table``, else :class:`NoLease`."""
+    """The daemon's leadership: a :class:`Lease` on ``coordination.lease_table``, else :class:`NoLease`.
+
+    ``ttl``: ``coordination.lease_ttl`` unless given. ``monotonic``: what the hold is measured on (fencing;
+    the daemon passes ``time.monotonic``); None: ``clock``'s own seconds (a simulation's time).
+    """
     table = settings.coordination.lease_table
+    ttl = settings.coordination.lease_ttl if ttl is None else ttl
     if table is None:
         return NoLease(emit=emit, ttl=ttl)
-    return Lease(aws, table, emit=emit, clock=clock, ttl=ttl, owner=owner)
+    return Lease(aws, table, emit=emit, clock=clock, ttl=ttl, owner=owner, monotonic=monotonic)

@@ -10,12 +10,13 @@ import io
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-from rotator.events import Event, KeyDisabled
+from rotator.events import ClockSkew, Event, KeyDisabled
 
 # An AWS secret access key is 40 characters of base64; session tokens are longer. A 40-character
 # run of that alphabet that is not an access key id (AKIA/ASIA...) is masked wherever it appears.
@@ -124,6 +125,18 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     root.setLevel(numeric)
     for name, floor in _FLOORS.items():
         logging.getLogger(name).setLevel(max(numeric, floor))
+    # What would otherwise reach stderr as plain text goes through the same pipeline: warnings, and an
+    # exception that ends a thread (the HTTP server's handler errors are logged by the server itself).
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_exception
+
+
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    thread = args.thread.name if args.thread is not None else ""
+    error = args.exc_value if args.exc_value is not None else args.exc_type()
+    logging.getLogger("rotator").error("thread.crashed", exc_info=error, extra={"thread": thread})
 
 
 class _LineLogger:
@@ -161,7 +174,7 @@ def log_subscriber(event: Event) -> None:
     if event.name in ("aws.call", "inventory.snapshot"):
         return
     level = event.level
-    if isinstance(event, KeyDisabled) and event.loud:
+    if (isinstance(event, KeyDisabled) and event.loud) or (isinstance(event, ClockSkew) and not event.plausible):
         level = "warning"
     logger = structlog.get_logger("rotator")
     getattr(logger, level)(event.name, **event.fields())

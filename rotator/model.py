@@ -56,6 +56,36 @@ def own_tag(key_id: str) -> str:
     return USER_TAG_OWN_PREFIX + key_id
 
 
+#: The response to an exposed key (docs/operations.md, "Exposed keys"): written on the secret before the
+#: response's rotation starts (or with the secret a bootstrap creates), so that a crash or a later sweep
+#: knows which keys were exposed and which quarantine was answered. Keys created later are not exposed:
+#: a user still quarantined whose keys are all newer than the response is not rotated again.
+TAG_QUARANTINE_AT = "rotator:quarantine-answered-at"
+#: The (space-separated) ids of the user's keys when the quarantine was seen: disabled at once after
+#: the new key is published, deleted after ``retention``.
+TAG_QUARANTINE_KEYS = "rotator:quarantine-keys"
+#: The (space-separated) names of the quarantine policies answered: another one appearing is a new exposure.
+TAG_QUARANTINE_POLICIES = "rotator:quarantine-policies"
+#: AWS attaches this AWS-managed policy (``AWSCompromisedKeyQuarantine``, ``...V2``, ``...V3``) to a user whose
+#: access key it found in public.
+#: https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AWSCompromisedKeyQuarantineV3.html
+QUARANTINE_POLICY_PREFIX = "AWSCompromisedKeyQuarantine"
+
+
+def quarantine_policy_names(policy_arns: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The AWS-managed quarantine policies among ``policy_arns`` (by name, sorted).
+
+    Only AWS-managed ones (``arn:<partition>:iam::aws:policy/...``): a customer policy with the same name
+    is not AWS's verdict.
+    """
+    names = set()
+    for arn in policy_arns:
+        head, _, name = arn.rpartition("/")
+        if head.endswith(":iam::aws:policy") and name.startswith(QUARANTINE_POLICY_PREFIX):
+            names.add(name)
+    return tuple(sorted(names))
+
+
 # Per-user policy overrides (IAM user tags).
 USER_TAG_MAX_KEY_AGE = "rotator:max-key-age"
 USER_TAG_GRACE_PERIOD = "rotator:grace-period"
@@ -101,6 +131,14 @@ class Action(enum.StrEnum):
 
 #: Actions that change AWS; ``hold`` and ``skip`` only report.
 MUTATING_ACTIONS = frozenset({Action.ROTATE, Action.DISABLE, Action.DELETE, Action.CLEANUP})
+
+
+class QuarantineMode(enum.StrEnum):
+    """``response.quarantine``: what a managed user with a quarantine policy attached gets."""
+
+    ROTATE_AND_REVOKE = "rotate_and_revoke"
+    REPORT = "report"
+    IGNORE = "ignore"
 
 
 class GuardMode(enum.StrEnum):
@@ -207,6 +245,50 @@ class SecretState:
     def disabled_at(self, key_id: str) -> datetime | None:
         return self.recorded_time(TAG_DISABLED_KEY, TAG_DISABLED_AT, key_id)
 
+    @property
+    def quarantine_record(self) -> QuarantineRecord | None:
+        """The response to an exposed key this secret records, or None."""
+        answered = parse_instant(self.tags.get(TAG_QUARANTINE_AT))
+        if not self.exists or answered is None:
+            return None
+        return QuarantineRecord(
+            answered_at=answered,
+            key_ids=tuple(self.tags.get(TAG_QUARANTINE_KEYS, "").split()),
+            policies=tuple(self.tags.get(TAG_QUARANTINE_POLICIES, "").split()),
+        )
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    """Which quarantine the rotator answered, when, and which keys existed then (the exposed ones)."""
+
+    answered_at: datetime
+    key_ids: tuple[str, ...]
+    policies: tuple[str, ...]
+
+    def tags(self) -> dict[str, str]:
+        return {
+            TAG_QUARANTINE_AT: self.answered_at.isoformat(),
+            TAG_QUARANTINE_KEYS: " ".join(self.key_ids),
+            TAG_QUARANTINE_POLICIES: " ".join(self.policies),
+        }
+
+
+@dataclass(frozen=True)
+class QuarantineResponse:
+    """The policy's decision about a quarantined user (``UserPlan.quarantine``).
+
+    ``exposed`` are the keys the response revokes (every key the user had when the quarantine was first
+    seen); ``record`` is what the secret must say before the response's rotation starts (``record_needed``:
+    it does not say it yet). ``mode`` is ``response.quarantine``.
+    """
+
+    policies: tuple[str, ...]
+    exposed: tuple[str, ...]
+    record: QuarantineRecord
+    record_needed: bool
+    mode: QuarantineMode
+
 
 @dataclass(frozen=True)
 class UserState:
@@ -224,6 +306,13 @@ class UserState:
     #: CloudTrail's verdict for keys whose ownership the rotator's own records cannot prove:
     #: key id -> True (created by the rotator's principal) / False (by another principal).
     creators: Mapping[str, bool] = field(default_factory=dict)
+    #: ARNs of the managed policies attached to the user (GetAccountAuthorizationDetails).
+    attached_policies: tuple[str, ...] = ()
+
+    @property
+    def quarantine_policies(self) -> tuple[str, ...]:
+        """Names of the AWS quarantine policies attached to the user (empty: not quarantined)."""
+        return quarantine_policy_names(self.attached_policies)
 
     def key(self, key_id: str | None) -> AccessKey | None:
         for key in self.keys:
@@ -261,6 +350,7 @@ class PolicyDefaults:
     quiet_period: timedelta = timedelta(hours=4)
     max_hold: timedelta = timedelta(days=14)
     validation_timeout: timedelta = timedelta(seconds=120)
+    quarantine: QuarantineMode = QuarantineMode.ROTATE_AND_REVOKE
 
 
 @dataclass(frozen=True)
@@ -274,6 +364,7 @@ class EffectivePolicy:
     quiet_period: timedelta = timedelta(hours=4)
     max_hold: timedelta = timedelta(days=14)
     validation_timeout: timedelta = timedelta(seconds=120)
+    quarantine: QuarantineMode = QuarantineMode.ROTATE_AND_REVOKE
 
     @property
     def in_flight_window(self) -> timedelta:
@@ -295,10 +386,14 @@ class Step:
     loud: bool = False
     #: ``rotate`` that finishes a rotation another run left pending (the key already exists).
     resume: bool = False
-    #: A per-user problem (bad tag, foreign secret, impossible secret name): the sweep fails (exit 1).
+    #: A per-user problem (bad tag, foreign secret, impossible secret name): reported for the user every sweep
+    #: (``rotator_problems``); the sweep is ``partial`` and ``rotator sweep`` exits 1.
     problem: bool = False
     #: The step is about a key whose owner cannot be proven (left alone, reported loudly).
     unproven: bool = False
+    #: Why, for machines (notifications): ``max_hold`` (the guard gave up), ``quarantine`` (response to an
+    #: exposed key), ``foreign`` (a key the rotator did not create); None for the ordinary lifecycle.
+    cause: str | None = None
 
     @property
     def mutating(self) -> bool:
@@ -332,10 +427,18 @@ class RepairNeeded:
     disabled_key: str | None = None
     #: User tags a finished or abandoned rotation left behind (its answer lost, or a crash).
     stale_user_tags: tuple[str, ...] = ()
+    #: A quarantine record whose quarantine is over (no policy attached) and whose exposed keys are all
+    #: gone: removed, so that a later quarantine is answered as a new one.
+    quarantine_record_done: bool = False
 
     @property
     def any(self) -> bool:
-        return self.published_key is not None or self.disabled_key is not None or bool(self.stale_user_tags)
+        return (
+            self.published_key is not None
+            or self.disabled_key is not None
+            or bool(self.stale_user_tags)
+            or self.quarantine_record_done
+        )
 
 
 @dataclass(frozen=True)
@@ -382,6 +485,8 @@ class UserPlan:
     policy: EffectivePolicy | None = None
     roles: KeyRoles = field(default_factory=KeyRoles)
     repairs: RepairNeeded = field(default_factory=RepairNeeded)
+    #: The user is quarantined (an AWS quarantine policy attached) and ``response.quarantine`` is not ignore.
+    quarantine: QuarantineResponse | None = None
 
     @property
     def mutating_steps(self) -> tuple[Step, ...]:

@@ -149,6 +149,14 @@ def _override_value(target: _Target, raw: str, variable: str) -> Any:
     return _parse_yaml_value(raw, variable)
 
 
+#: Keys of which a configuration sets exactly one: overriding one by environment drops the file's other
+#: (``ROTATOR_SCHEDULE__CRON`` replaces a file's ``schedule.interval``, and the other way round).
+_ONE_OF: Mapping[tuple[str, ...], tuple[str, ...]] = {
+    ("schedule", "cron"): ("schedule", "interval"),
+    ("schedule", "interval"): ("schedule", "cron"),
+}
+
+
 def _apply_env_overrides(
     data: dict[str, Any],
     env: Mapping[str, str],
@@ -191,6 +199,9 @@ def _apply_env_overrides(
                 raise ConfigError(f"{variable}: cannot override inside {where}: the file sets it to a non-mapping")
             node = child
         node[path[-1]] = _override_value(target, env[variable], variable)
+        exclusive = _ONE_OF.get(path)
+        if exclusive is not None and exclusive not in overrides:
+            node.pop(exclusive[-1], None)
     return overrides
 
 

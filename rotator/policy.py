@@ -22,6 +22,9 @@ from rotator.model import (
     GuardMode,
     KeyRoles,
     PolicyDefaults,
+    QuarantineMode,
+    QuarantineRecord,
+    QuarantineResponse,
     RepairNeeded,
     Step,
     Upcoming,
@@ -51,6 +54,7 @@ __all__ = [
     "is_proven_own",
     "ownership_candidates",
     "plan_user",
+    "quarantine_response",
     "repairs_needed",
     "secret_problem",
     "tag_room_problem",
@@ -70,32 +74,92 @@ def plan_user(state: UserState, defaults: PolicyDefaults, now: datetime) -> User
         policy = resolve_policy(defaults, state.tags, state.user)
     except UserError as exc:
         step = Step(state.account, state.user, Action.SKIP, None, exc.reason, problem=True)
-        return UserPlan(state.account, state.user, (step,))
+        return UserPlan(state.account, state.user, (step,), stuck_rotation(state, (step,), (), defaults.max_key_age))
     return decide(state, policy, now)
+
+
+def stuck_rotation(
+    state: UserState, steps: tuple[Step, ...], upcoming: tuple[Upcoming, ...], max_key_age: timedelta
+) -> tuple[Upcoming, ...]:
+    """``upcoming`` plus, for a user that cannot progress, when its oldest active key is due for rotation.
+
+    A stuck user (a problem ``skip``: two keys and no secret, a bad tag, no free slot...) would otherwise
+    have no ``rotate`` series, and ``RotatorKeyPastMaxAge`` could never fire however old its keys get (I10).
+    """
+    if not any(step.problem for step in steps):
+        return upcoming
+    if any(item.action is Action.ROTATE for item in upcoming) or any(s.action is Action.ROTATE for s in steps):
+        return upcoming
+    active = [key for key in state.keys if key.active]
+    if not active:
+        return upcoming
+    oldest = min(active, key=lambda key: key.created)
+    return (*upcoming, Upcoming(Action.ROTATE, oldest.key_id, after(oldest.created, max_key_age)))
 
 
 def decide(state: UserState, policy: EffectivePolicy, now: datetime) -> UserPlan:
     """The plan for ``state`` under an already resolved ``policy`` at ``now``; pure and total."""
     roles = classify(state, policy)
-    planner = _Planner(state, policy, now, roles)
+    quarantine = quarantine_response(state, policy, now, roles)
+    planner = _Planner(state, policy, now, roles, quarantine)
     planner.run()
     return UserPlan(
         state.account,
         state.user,
         tuple(planner.steps),
-        tuple(planner.upcoming),
+        stuck_rotation(state, tuple(planner.steps), tuple(planner.upcoming), policy.max_key_age),
         policy=policy,
         roles=roles,
         repairs=repairs_needed(state, policy, now, roles),
+        quarantine=quarantine,
     )
 
 
+def quarantine_response(
+    state: UserState, policy: EffectivePolicy, now: datetime, roles: KeyRoles
+) -> QuarantineResponse | None:
+    """The response to AWS's quarantine of ``state``'s user, or None (not quarantined, or ignored).
+
+    Exposed are the keys the user had when the quarantine was first seen: the secret's record says
+    which (``rotator:quarantine-keys``, written before the response's rotation starts). Without a record,
+    or when a quarantine policy the record does not name appears (a new exposure), they are the user's
+    keys now - except keys of a rotation in flight, which nobody can have seen yet. A key created after
+    the record is not exposed: so a user still quarantined after the response is not rotated again.
+    """
+    names = state.quarantine_policies
+    if not names or policy.quarantine is QuarantineMode.IGNORE:
+        return None
+    secret = state.secret
+    record = secret.quarantine_record if secret.managed else None
+    if record is not None and set(names) <= set(record.policies):
+        exposed = tuple(key_id for key_id in record.key_ids if state.key(key_id) is not None)
+        return QuarantineResponse(names, exposed, record, record_needed=False, mode=policy.quarantine)
+    in_flight = {key.key_id for key in (*roles.orphans, *roles.unproven)}
+    if roles.pending is not None:
+        in_flight.add(roles.pending.key_id)
+    exposed = tuple(sorted(key.key_id for key in state.keys if key.key_id not in in_flight))
+    fresh = QuarantineRecord(answered_at=now, key_ids=exposed, policies=names)
+    return QuarantineResponse(names, exposed, fresh, record_needed=True, mode=policy.quarantine)
+
+
 class _Planner:
-    def __init__(self, state: UserState, policy: EffectivePolicy, now: datetime, roles: KeyRoles) -> None:
+    def __init__(
+        self,
+        state: UserState,
+        policy: EffectivePolicy,
+        now: datetime,
+        roles: KeyRoles,
+        quarantine: QuarantineResponse | None = None,
+    ) -> None:
         self.state = state
         self.policy = policy
         self.now = now
         self.roles = roles
+        self.quarantine = quarantine
+        #: Keys the quarantine response revokes (empty unless ``response.quarantine`` is rotate_and_revoke).
+        self.exposed: frozenset[str] = frozenset(
+            quarantine.exposed if quarantine and quarantine.mode is QuarantineMode.ROTATE_AND_REVOKE else ()
+        )
         #: Key slots freed by steps already planned besides orphan cleanups (an abandoned pending key).
         self.freed = 0
         self.steps: list[Step] = []
@@ -112,6 +176,7 @@ class _Planner:
         resume: bool = False,
         problem: bool = False,
         unproven: bool = False,
+        cause: str | None = None,
     ) -> None:
         self.steps.append(
             Step(
@@ -125,6 +190,7 @@ class _Planner:
                 resume=resume,
                 problem=problem,
                 unproven=unproven,
+                cause=cause,
             )
         )
 
@@ -150,15 +216,49 @@ class _Planner:
             self.step(Action.SKIP, None, problem, problem=True)
             return
         roles = self.roles
+        quarantine = self.quarantine
+        if quarantine is not None and quarantine.mode is QuarantineMode.REPORT:
+            self.step(
+                Action.SKIP,
+                None,
+                f"quarantined by AWS ({', '.join(quarantine.policies)}): response.quarantine=report; "
+                f"rotate with 'rotator rotate {state.user} --revoke', review, then detach the policy",
+                cause="quarantine",
+            )
         for key in roles.foreign:
-            self.step(Action.SKIP, key, "foreign active key: held by no secret version; left alone")
+            if key.key_id in self.exposed:
+                self.step(
+                    Action.SKIP,
+                    key,
+                    "exposed key of a quarantined user, but not the rotator's (held by no secret version): "
+                    "disable and delete it by hand",
+                    problem=True,
+                    cause="foreign",
+                )
+            else:
+                self.step(
+                    Action.SKIP, key, "foreign active key: held by no secret version; left alone", cause="foreign"
+                )
         if not self.handle_in_flight(roles):
             return
         free_slots = KEY_SLOTS - len(state.keys) + len(roles.orphans) + self.freed
         if not secret.exists:
             self.bootstrap(roles, free_slots)
             return
-        previous_leaves = self.previous_lifecycle(roles)
+        current, previous = roles.current, roles.previous
+        if current is not None and current.key_id in self.exposed and previous is not None:
+            # The response needs the previous key's slot now, and that key is exposed too: it leaves at
+            # once instead of on its own schedule (I5's exception, as ``rotate --revoke`` in the SPEC).
+            self.step(
+                Action.DELETE,
+                previous,
+                "quarantine response: the previous key is exposed too and its slot is needed now",
+                self.now,
+                cause="quarantine",
+            )
+            previous_leaves = True
+        else:
+            previous_leaves = self.previous_lifecycle(roles)
         self.current_lifecycle(roles, free_slots + (1 if previous_leaves else 0), previous_leaves)
 
     # -- in-flight rotations and their leftovers ------------------------------------------------
@@ -243,13 +343,16 @@ class _Planner:
         if replaced is not None:
             # The pre-existing key is replaced; it is not foreign but the future previous key.
             self.steps = [s for s in self.steps if s.key_id != replaced.key_id]
-        if replaced:
+        if replaced and replaced.key_id in self.exposed:
+            reason = "quarantined by AWS: bootstrap now, the exposed key is disabled once the new one is published"
+        elif replaced:
             reason = "no secret yet: bootstrap, the existing key becomes the previous key"
         elif roles.unproven:
             reason = "no secret yet: create the first key (beside a key of unproven ownership)"
         else:
             reason = "no secret and no key yet: create the first key"
-        self.rotate_with_slot(roles, free_slots, reason, self.now, replaced=replaced)
+        cause = "quarantine" if replaced is not None and replaced.key_id in self.exposed else None
+        self.rotate_with_slot(roles, free_slots, reason, self.now, replaced=replaced, cause=cause)
 
     # -- the previous key: grace, guard, disable, retention, delete -----------------------------
 
@@ -257,6 +360,22 @@ class _Planner:
         """Plan the previous key's next step; True when it is deleted in this sweep."""
         previous, secret = roles.previous, self.state.secret
         if previous is None or roles.current is None:
+            return False
+        if previous.active and previous.key_id in self.exposed:
+            # No grace period and no hold: the guard only reports who still uses an exposed key.
+            used = ""
+            if previous.last_used is not None:
+                used = f"; last used {previous.last_used.isoformat()}"
+                if previous.last_used_service:
+                    used += f" by {previous.last_used_service}"
+            self.step(
+                Action.DISABLE,
+                previous,
+                "exposed key of a quarantined user: disabled without grace period" + used,
+                self.now,
+                loud=True,
+                cause="quarantine",
+            )
             return False
         if previous.active:
             # An unrecorded publication (crash before the tag was written) counts from now: the
@@ -299,6 +418,7 @@ class _Planner:
                 "previous key still in use but held past max_hold: disabling anyway",
                 due,
                 loud=True,
+                cause="max_hold",
             )
             return
         self.step(
@@ -319,6 +439,18 @@ class _Planner:
             return
         if not current.active:
             self.rotate_with_slot(roles, free_slots, "the secret's current key is inactive", self.now)
+            return
+        if current.key_id in self.exposed:
+            names = ", ".join(self.quarantine.policies) if self.quarantine else ""
+            self.rotate_with_slot(
+                roles,
+                free_slots,
+                f"quarantined by AWS ({names}): the exposed key is replaced now and disabled once the new one "
+                "is published",
+                self.now,
+                replaced=current,
+                cause="quarantine",
+            )
             return
         due = after(current.created, self.policy.max_key_age)
         if self.now < due:
@@ -343,11 +475,13 @@ class _Planner:
         free_slots: int,
         reason: str,
         due: datetime,
+        *,
         replaced: AccessKey | None = None,
+        cause: str | None = None,
     ) -> None:
         """Rotate, first deleting untracked inactive keys when IAM's two slots are full.
 
-        A rotation that cannot run is a problem (I10: the sweep fails and says why every time), except
+        A rotation that cannot run is a problem (I10: reported every sweep, exit code 1), except
         while it waits for the previous key's own schedule (I5), which is progress.
         """
         no_room = tag_room_problem(self.state)
@@ -373,7 +507,7 @@ class _Planner:
             )
             self.later(Action.ROTATE, replaced, due)
             return
-        self.step(Action.ROTATE, replaced, reason, due)
+        self.step(Action.ROTATE, replaced, reason, due, cause=cause)
 
 
 def after(instant: datetime, delta: timedelta) -> datetime:
@@ -416,13 +550,21 @@ def repairs_needed(
         settled = not (roles.orphans or roles.unproven or roles.pending) and len(stale) == len(state.recorded_own_keys)
         if started is not None and now >= after(started, window) and settled:
             stale += [t for t in (USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS) if t in state.tags]
+    record = secret.quarantine_record
+    done = (
+        record is not None
+        and not state.quarantine_policies
+        and not any(state.key(key_id) is not None for key_id in record.key_ids)
+    )
     if not secret.exists or roles.current is None or roles.previous is None:
-        return RepairNeeded(stale_user_tags=tuple(stale))
+        return RepairNeeded(stale_user_tags=tuple(stale), quarantine_record_done=done)
     published = None if secret.published_at(roles.current.key_id) else roles.current.key_id
     disabled = None
     if not roles.previous.active and secret.disabled_at(roles.previous.key_id) is None:
         disabled = roles.previous.key_id
-    return RepairNeeded(published_key=published, disabled_key=disabled, stale_user_tags=tuple(stale))
+    return RepairNeeded(
+        published_key=published, disabled_key=disabled, stale_user_tags=tuple(stale), quarantine_record_done=done
+    )
 
 
 def decide_forced(state: UserState, policy: EffectivePolicy, now: datetime, *, revoke: bool) -> UserPlan:

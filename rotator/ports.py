@@ -49,6 +49,10 @@ class IamPort(Protocol):
         """One user, fresh; :class:`~rotator.errors.NotFoundError` when it does not exist."""
         ...
 
+    def attached_policies(self, user: str) -> tuple[str, ...]:
+        """ARNs of the managed policies attached to ``user``, fresh."""
+        ...
+
     def credential_report(self) -> CredentialReport: ...
 
     def access_keys(self, user: str) -> list[AccessKey]: ...
@@ -132,12 +136,20 @@ class OrganizationsPort(Protocol):
     def org_accounts_under(self, parent_ids: Sequence[str]) -> list[OrgAccount]: ...
 
 
+class SnsPort(Protocol):
+    """Publishing notifications to an SNS topic."""
+
+    def publish(self, topic_arn: str, subject: str, message: str, attributes: Mapping[str, str]) -> None: ...
+
+
 class LeaseStore(Protocol):
     """The leader lease: conditional writes on one item (:class:`~rotator.errors.ConflictError` when lost)."""
 
     def get_lease(self, table: str, name: str) -> LeaseRecord | None: ...
 
-    def put_lease(self, table: str, name: str, owner: str, expires: float, now: float) -> None: ...
+    def put_lease(
+        self, table: str, name: str, owner: str, expires: float, now: float, *, last_sweep: float | None = None
+    ) -> None: ...
 
     def delete_lease(self, table: str, name: str, owner: str) -> None: ...
 
@@ -165,6 +177,9 @@ class Ports:
 
     def user(self, user: str) -> UserDetail:
         return self.iam.user(user)
+
+    def attached_policies(self, user: str) -> tuple[str, ...]:
+        return self.iam.attached_policies(user)
 
     def credential_report(self) -> CredentialReport:
         return self.iam.credential_report()

@@ -16,6 +16,9 @@ class UserDetail:
     path: str
     arn: str
     tags: Mapping[str, str]
+    #: ARNs of the managed policies attached to the user (``AttachedManagedPolicies``); GetUser does not
+    #: return them, so :meth:`rotator.ports.IamPort.user` leaves them empty.
+    attached_policies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class LeaseRecord:
     name: str
     owner: str
     expires: float  # epoch seconds
+    #: End of the last successful sweep by any leader (AWS time, epoch seconds); None: none recorded.
+    last_sweep: float | None = None
 
 
 def same_principal(a: str, b: str) -> bool:

@@ -22,9 +22,9 @@ def format_table(rows: list[list[str]], header: list[str]) -> list[str]:
 
 
 def print_table(rows: list[list[str]], header: list[str], out: TextIO | None = None) -> None:
-    """A table on a terminal; tab-separated lines (for scripts) otherwise."""
+    """A table on a terminal; tab-separated lines (for scripts) otherwise, the first of them the header."""
     out = out or sys.stdout
-    lines = format_table(rows, header) if out.isatty() else ["\t".join(row) for row in rows]
+    lines = format_table(rows, header) if out.isatty() else ["\t".join(row) for row in [header, *rows]]
     for line in lines:
         print(line, file=out)
 

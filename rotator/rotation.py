@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from rotator.config import Settings
@@ -94,8 +94,12 @@ class Rotation:
         *,
         sleep: Callable[[float], None] = time.sleep,
         sweep_id: str | None = None,
+        recorder: AccountPort | None = None,
     ) -> None:
         self.aws = aws
+        #: Writes the ownership record of a key this run has just created, past any guard on ``aws``: that
+        #: record changes no credential and lets the next leader clean the key (docs/design.md, "Fencing").
+        self.recorder = recorder or aws
         self.settings = settings
         self.emit = emit
         self.clock = clock
@@ -131,16 +135,21 @@ class Rotation:
                     operation="CreateAccessKey",
                     maybe_acted=True,
                 ) from None
-            # AWS did not act: the mark must not outlive the attempt (it proves nothing about later keys).
-            self.untag(state, list(intent))
             if isinstance(exc, LimitExceededError):
+                # Another key took the slot since the re-read: perhaps a concurrent rotation's, whose intent mark
+                # ours just overwrote and whose ownership record may never be written (it crashed in between).
+                # Removing the mark would leave that key unrecorded and unmarked: foreign for ever, an orphan
+                # nobody cleans (I3; found by the simulation, tests/sim/regressions.py). The mark stays: the key
+                # is an ownership candidate that CloudTrail settles, and the repair removes the mark once settled.
                 raise ConcurrentlyDone(
                     f"{state.user}: key limit reached: another key appeared since the re-read; not rotated"
                 ) from exc
+            # AWS did not act: the mark must not outlive the attempt (it proves nothing about later keys).
+            self.untag(state, list(intent))
             raise
         self.emit(KeyCreated(account=state.account, user=state.user, key_id=key.key_id, sweep_id=self.sweep_id))
         try:
-            self.aws.tag_user(state.user, {own_tag(key.key_id): iso(key.created)})
+            self.recorder.tag_user(state.user, {own_tag(key.key_id): iso(key.created)})
         except AwsError as exc:
             self._withdraw(state, key.key_id, "its ownership record could not be written")
             error = AwsError(f"{state.user}: could not record new key {key.key_id}, withdrawn: {exc}")
@@ -189,7 +198,11 @@ class Rotation:
                     self._withdraw(state, key.key_id, "it did not validate in time")
                     raise
                 self._check_deadline(state, key, deadline)
-                self._create_secret(state, key, document, version, replaced)
+                # A quarantined user's record goes with the secret (the first version is published at once).
+                record = {}
+                if step.cause == "quarantine" and plan.quarantine and plan.quarantine.record_needed:
+                    record = plan.quarantine.record.tags()
+                self._create_secret(state, key, document, version, replaced, record=record)
                 self._published(state, key.key_id, replaced, resumed=False)
             else:
                 self._check_deadline(state, key, deadline)
@@ -207,9 +220,17 @@ class Rotation:
         return key.key_id
 
     def _create_secret(
-        self, state: UserState, key: NewKey, document: SecretText, version: str, replaced: AccessKey | None
+        self,
+        state: UserState,
+        key: NewKey,
+        document: SecretText,
+        version: str,
+        replaced: AccessKey | None,
+        *,
+        record: Mapping[str, str] | None = None,
     ) -> None:
         tags = dict(self.settings.secrets.tags)
+        tags.update(record or {})
         tags.update(
             {
                 TAG_MANAGED: "true",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rotator.errors import UsageError
-from rotator.events import InventorySnapshot, KeyHeld, SweepFinished
+from rotator.events import InventorySnapshot, KeyHeld, QuarantineResponded, SweepFinished
 from rotator.model import AccessKey
 from rotator.render import format_age, format_table, last_use_cell
 
@@ -30,6 +31,8 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 #: The embedded emulator takes any credentials: this pair is not a secret.
 EMULATOR_KEY = "testing"
+#: AWS's quarantine policy for a user whose key was found in public (the sandbox's "svc-exposed").
+QUARANTINE_POLICY = "arn:aws:iam::aws:policy/AWSCompromisedKeyQuarantineV3"
 #: Seconds between consumer calls with the key the guard should see in use.
 CONSUMER_PERIOD = 2.0
 
@@ -155,6 +158,15 @@ def seed(url: str, phase: float) -> Fleet:
     key("svc-shared", 1 * p)
     fleet.notes["svc-shared"] = "a foreign active key: reported, never touched; rotation waits for a slot"
 
+    user("svc-exposed")
+    adopt("svc-exposed", key("svc-exposed", 0.5 * p))
+    # What AWS does when it finds a user's key in public (the emulator loads AWS's managed policies).
+    iam.attach_user_policy(UserName="svc-exposed", PolicyArn=QUARANTINE_POLICY)
+    fleet.notes["svc-exposed"] = (
+        "AWS quarantined it (its young key was found in public): rotated at once, the exposed key disabled "
+        "without grace; the policy stays for a person to detach"
+    )
+
     user("alice", managed=False, path="/people/")
     key("alice", 20 * p)
     fleet.notes["alice"] = "a person, not managed: never touched"
@@ -198,7 +210,15 @@ class View:
         self.lock = threading.Lock()
         self.snapshot: Any = None
         self.recent: list[str] = []
-        self.counts = {"rotated": 0, "disabled": 0, "held": 0, "deleted": 0, "cleaned": 0, "sweeps": 0}
+        self.counts = {
+            "rotated": 0,
+            "disabled": 0,
+            "held": 0,
+            "deleted": 0,
+            "cleaned": 0,
+            "sweeps": 0,
+            "quarantine_responses": 0,
+        }
         self.header = ""
         self._last_printed = ""
         #: key id -> (service, region) of its last use, from ``key.held``.
@@ -211,6 +231,9 @@ class View:
                 return
             if isinstance(event, SweepFinished):
                 self.counts["sweeps"] += 1
+                return
+            if isinstance(event, QuarantineResponded):
+                self._quarantine(event)
                 return
             shown = _SHOWN.get(event.name)
             if shown is None:
@@ -227,6 +250,22 @@ class View:
             self.recent = [*self.recent, line][-8:]
             if not self.tty:
                 print(line, file=self.out, flush=True)
+
+    def _quarantine(self, event: QuarantineResponded) -> None:
+        if event.phase == "revoked":
+            self.counts["quarantine_responses"] += 1
+            what = (
+                f"AWS quarantine ({', '.join(event.policies)}): exposed key {event.key_id} disabled, "
+                f"new key {event.new_key_id} published; the policy stays for a person to detach"
+            )
+        elif event.phase == "started":
+            what = f"AWS quarantine ({', '.join(event.policies)}): replacing exposed {' '.join(event.exposed_key_ids)}"
+        else:
+            what = f"AWS quarantine: {event.reason}"
+        line = f"{datetime.now(UTC).strftime('%H:%M:%S')}  {event.user}: {what}"
+        self.recent = [*self.recent, line][-8:]
+        if not self.tty:
+            print(line, file=self.out, flush=True)
 
     def table(self) -> str:
         """Users, keys, ages and the next action, from the latest snapshot."""
@@ -295,7 +334,10 @@ def _with_user(key: AccessKey, used_by: dict[str | None, tuple[str | None, str |
 
 
 def _banner(*, url: str, phase: float, metrics_port: int, log_path: Path, env: dict[str, str], config: Path) -> str:
-    shown = {k: v for k, v in env.items() if k != "AWS_DEFAULT_REGION"}  # AWS_REGION is enough for the CLIs
+    # AWS_DEFAULT_REGION too: the AWS CLI v1 reads only that one (v2 and boto3 read AWS_REGION as well).
+    shown = dict(env)
+    if "AWS_REGION" in shown:
+        shown.setdefault("AWS_DEFAULT_REGION", shown["AWS_REGION"])
     exports = " ".join(f"{k}={v}" for k, v in shown.items()) + f" ROTATOR_CONFIG={config}"
     return (
         f"rotator sandbox: emulator {url}, phase {phase:g}s "
@@ -352,6 +394,8 @@ def run_sandbox(args: argparse.Namespace) -> int:
     config_path.write_text(_config_text(phase, metrics_port))
     log_path = workdir / "rotator.log"
 
+    # AWS's managed policies, AWSCompromisedKeyQuarantineV3 among them (moto reads this when IAM is first used).
+    os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"

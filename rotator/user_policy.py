@@ -59,6 +59,7 @@ def resolve_policy(defaults: PolicyDefaults, user_tags: Mapping[str, str], user:
         quiet_period=defaults.quiet_period,
         max_hold=defaults.max_hold,
         validation_timeout=defaults.validation_timeout,
+        quarantine=defaults.quarantine,
     )
 
 

@@ -294,6 +294,9 @@ def policy_config(
         "aws:\n"
         f"  validation_timeout: {int(validation_timeout)}s\n"
         "  max_calls_per_second: 1000\n"
+        # moto's server drops connections when too many CreateSecret calls arrive at once (32, the default,
+        # from each of two processes): the 50-user races keep 8 users in flight per process.
+        "  concurrency: 8\n"
     )
     return path
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -113,6 +113,8 @@ class _User:
     arn: str
     tags: dict[str, str] = field(default_factory=dict)
     keys: dict[str, _Key] = field(default_factory=dict)
+    #: ARNs of attached managed policies (AWS's quarantine policy, say).
+    policies: list[str] = field(default_factory=list)
 
 
 class FakeIam:
@@ -162,7 +164,15 @@ class FakeIam:
 
     def user(self, user: str) -> UserDetail:
         self.faults.enter("iam", "GetUser")
-        return self._detail(self._user(user))
+        return replace(self._detail(self._user(user)), attached_policies=())  # GetUser lists no policies
+
+    def attached_policies(self, user: str) -> tuple[str, ...]:
+        self.faults.enter("iam", "ListAttachedUserPolicies")
+        return tuple(self._user(user).policies)
+
+    def attach_policy(self, user: str, policy_arn: str) -> None:
+        """What AWS does to a user whose key it found in public (not counted, no faults)."""
+        self._user(user).policies.append(policy_arn)
 
     def credential_report(self) -> CredentialReport:
         self.faults.enter("iam", "GetCredentialReport")
@@ -254,7 +264,7 @@ class FakeIam:
 
     @staticmethod
     def _detail(user: _User) -> UserDetail:
-        return UserDetail(user.name, user.path, user.arn, dict(user.tags))
+        return UserDetail(user.name, user.path, user.arn, dict(user.tags), tuple(user.policies))
 
 
 # -- Secrets Manager -----------------------------------------------------------------------------
@@ -481,11 +491,14 @@ class FakeLeaseStore:
     def get_lease(self, table: str, name: str) -> LeaseRecord | None:
         return self.items.get((table, name))
 
-    def put_lease(self, table: str, name: str, owner: str, expires: float, now: float) -> None:
+    def put_lease(
+        self, table: str, name: str, owner: str, expires: float, now: float, *, last_sweep: float | None = None
+    ) -> None:
         held = self.items.get((table, name))
         if held is not None and held.owner != owner and held.expires >= now:
             raise ConflictError("fake: dynamodb: the lease is held", code="ConditionalCheckFailedException")
-        self.items[(table, name)] = LeaseRecord(name, owner, round(expires, 3))
+        swept = None if last_sweep is None else round(last_sweep, 3)
+        self.items[(table, name)] = LeaseRecord(name, owner, round(expires, 3), swept)
 
     def delete_lease(self, table: str, name: str, owner: str) -> None:
         held = self.items.get((table, name))

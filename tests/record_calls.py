@@ -37,7 +37,7 @@ _lock = threading.Lock()
 def _identifying(params: dict[str, Any]) -> dict[str, Any]:
     """What names the resource of a call or feeds a policy condition; never a secret value."""
     keep: dict[str, Any] = {}
-    for name in ("UserName", "AccessKeyId", "SecretId", "Name", "RoleArn", "KmsKeyId"):
+    for name in ("UserName", "AccessKeyId", "SecretId", "Name", "RoleArn", "KmsKeyId", "TopicArn"):
         if isinstance(params.get(name), str):
             keep[name] = params[name]
     tags = params.get("Tags")

@@ -8,6 +8,7 @@
     secrets        SecretsAdapter        -> rotator.ports.SecretsPort
     sts            StsAdapter            -> rotator.ports.StsPort
     organizations  OrganizationsAdapter  -> rotator.ports.OrganizationsPort
+    sns            SnsAdapter            -> rotator.ports.SnsPort (notifications)
     dynamodb       DynamoDbLease         -> rotator.ports.LeaseStore
     account        Aws: one account's adapters behind the flat interface the core calls
     current_secret read_current_secret: one GetSecretValue for ``rotator credential-process``, botocore only
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
         static_client,
         static_session,
     )
+    from rotator.aws.sns import SnsAdapter
     from rotator.aws.sts import StsAdapter
-    from rotator.aws.transport import TRANSPORT_ATTEMPTS, Boundary, RateLimiter
+    from rotator.aws.transport import TRANSPORT_ATTEMPTS, Boundary, RateLimiter, ServiceLimits
     from rotator.model import NewKey, SecretText
     from rotator.records import (
         CredentialReport,
@@ -59,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     "IamAdapter": "rotator.aws.iam",
     "OrganizationsAdapter": "rotator.aws.organizations",
     "SecretsAdapter": "rotator.aws.secrets",
+    "SnsAdapter": "rotator.aws.sns",
     "now_utc": "rotator.aws.session",
     "refreshable_session": "rotator.aws.session",
     "session_from_environment": "rotator.aws.session",
@@ -69,6 +72,7 @@ _EXPORTS: dict[str, str] = {
     "TRANSPORT_ATTEMPTS": "rotator.aws.transport",
     "Boundary": "rotator.aws.transport",
     "RateLimiter": "rotator.aws.transport",
+    "ServiceLimits": "rotator.aws.transport",
     "need": "rotator.aws.errors",
     "translate": "rotator.aws.errors",
     "NewKey": "rotator.model",
@@ -112,6 +116,8 @@ __all__ = [
     "SecretSummary",
     "SecretText",
     "SecretsAdapter",
+    "ServiceLimits",
+    "SnsAdapter",
     "StsAdapter",
     "UserDetail",
     "need",

@@ -15,6 +15,7 @@ from rotator.aws.dynamodb import DynamoDbLease
 from rotator.aws.iam import IamAdapter
 from rotator.aws.organizations import OrganizationsAdapter
 from rotator.aws.secrets import SecretsAdapter
+from rotator.aws.sns import SnsAdapter
 from rotator.aws.sts import StsAdapter
 from rotator.aws.transport import Boundary
 from rotator.ports import Ports
@@ -47,6 +48,8 @@ class Aws(Ports):
         self.report_timeout = report_timeout
         self.organizations = OrganizationsAdapter(boundary)
         self.lease_store = DynamoDbLease(boundary)
+        #: Notifications (``notifications.sns_topic_arn``); see :mod:`rotator.notify`.
+        self.sns = SnsAdapter(boundary)
 
     def assume(self, role_arn: str, session_name: str = "iam-key-rotator") -> Aws:
         """An :class:`Aws` for another account, through ``sts:AssumeRole`` (see :meth:`StsAdapter.assume_role`)."""
@@ -72,8 +75,10 @@ class Aws(Ports):
     def get_lease(self, table: str, name: str) -> LeaseRecord | None:
         return self.lease_store.get_lease(table, name)
 
-    def put_lease(self, table: str, name: str, owner: str, expires: float, now: float) -> None:
-        self.lease_store.put_lease(table, name, owner, expires, now)
+    def put_lease(
+        self, table: str, name: str, owner: str, expires: float, now: float, *, last_sweep: float | None = None
+    ) -> None:
+        self.lease_store.put_lease(table, name, owner, expires, now, last_sweep=last_sweep)
 
     def delete_lease(self, table: str, name: str, owner: str) -> None:
         self.lease_store.delete_lease(table, name, owner)

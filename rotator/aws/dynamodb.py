@@ -28,24 +28,35 @@ class DynamoDbLease:
         if not item:
             return None
         try:
-            return LeaseRecord(
+            record = LeaseRecord(
                 name=str(item["name"]["S"]),
                 owner=str(item.get("owner", {}).get("S", "")),
                 expires=float(item.get("expires", {}).get("N", "0")),
             )
         except (KeyError, TypeError, ValueError):
             return LeaseRecord(name=name, owner="", expires=0.0)  # a malformed item counts as expired
+        try:
+            swept = item.get("last_sweep", {}).get("N")
+            return LeaseRecord(record.name, record.owner, record.expires, None if swept is None else float(swept))
+        except (AttributeError, TypeError, ValueError):
+            return record  # an unreadable last_sweep is no record of one (the new leader sweeps at once)
 
-    def put_lease(self, table: str, name: str, owner: str, expires: float, now: float) -> None:
+    def put_lease(
+        self, table: str, name: str, owner: str, expires: float, now: float, *, last_sweep: float | None = None
+    ) -> None:
         """Take or renew the lease (``dynamodb:PutItem``) if it is free, ours, or expired at ``now``.
 
+        ``last_sweep`` (the end of the last successful sweep, AWS time) is carried in the same item.
         Raises :class:`~rotator.errors.ConflictError` when another owner holds an unexpired lease.
         """
+        item = {"name": {"S": name}, "owner": {"S": owner}, "expires": {"N": _epoch_number(expires)}}
+        if last_sweep is not None:
+            item["last_sweep"] = {"N": _epoch_number(last_sweep)}
         self.boundary.call(
             "dynamodb",
             "PutItem",
             TableName=table,
-            Item={"name": {"S": name}, "owner": {"S": owner}, "expires": {"N": _epoch_number(expires)}},
+            Item=item,
             ConditionExpression="attribute_not_exists(#name) OR #owner = :me OR #expires < :now",
             ExpressionAttributeNames={"#name": "name", "#owner": "owner", "#expires": "expires"},
             ExpressionAttributeValues={":me": {"S": owner}, ":now": {"N": _epoch_number(now)}},

@@ -53,6 +53,13 @@ class IamAdapter:
     def user(self, user: str) -> UserDetail:
         return _user_detail(need(self.boundary.call("iam", "GetUser", UserName=user), "User", "iam", "GetUser"))
 
+    def attached_policies(self, user: str) -> tuple[str, ...]:
+        """ARNs of the managed policies attached to ``user``, fresh (ListAttachedUserPolicies)."""
+        arns: list[str] = []
+        for page in self.boundary.pages("iam", "ListAttachedUserPolicies", "Marker", "Marker", UserName=user):
+            arns.extend(p["PolicyArn"] for p in page.get("AttachedPolicies", []) if "PolicyArn" in p)
+        return tuple(arns)
+
     def credential_report(self) -> CredentialReport:
         """Access-key slots of every user from one credential report (no key ids in it).
 
@@ -177,6 +184,7 @@ def _user_detail(item: Mapping[str, Any]) -> UserDetail:
         path=item.get("Path", "/"),
         arn=item.get("Arn", ""),
         tags={tag["Key"]: tag["Value"] for tag in item.get("Tags", [])},
+        attached_policies=tuple(p["PolicyArn"] for p in item.get("AttachedManagedPolicies", []) if "PolicyArn" in p),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from rotator.daemon.scheduling import iso_utc
-from rotator.events import AwsCall, Event, LeaderChanged, LeaseError, SweepFinished
+from rotator.events import AwsCall, ClockSkew, Event, LeaderChanged, LeaseError, SweepFinished
 
 log = structlog.get_logger("rotator.daemon")
 
@@ -80,7 +81,7 @@ class HealthState:
         """Record an event; a finished sweep comes back as its summary (for systemd's STATUS=)."""
         # Progress of a sweep, for stall detection: the lease's own calls (its job runs beside the
         # sweep) must not make a hung sweep look alive.
-        if not isinstance(event, LeaseError | LeaderChanged) and not (
+        if not isinstance(event, LeaseError | LeaderChanged | ClockSkew) and not (
             isinstance(event, AwsCall) and event.service == "dynamodb"
         ):
             self._progress_at = self._monotonic()
@@ -192,6 +193,19 @@ def serve(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """The stdlib prints a traceback to stderr here; every stderr line must be one JSON object.
+
+        A client that went away (a scraper's timeout, a probe that closes at once) is routine: one debug
+        line. Anything else is logged as an error with its traceback, through the log pipeline.
+        """
+        error = sys.exc_info()[1]
+        client = str(client_address[0]) if isinstance(client_address, tuple) and client_address else ""
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("http.client_gone", client=client, error_type=type(error).__name__)
+        else:
+            log.error("http.handler_failed", client=client, exc_info=True)
 
 
 def _server_for(address: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:

@@ -27,10 +27,10 @@ import structlog
 from rotator.app import App, SweepReport
 from rotator.config import Settings, load_settings
 from rotator.daemon.health import Answer, HealthState, serve
-from rotator.daemon.scheduling import SweepScheduler, describe, iso_utc
+from rotator.daemon.scheduling import SweepScheduler, describe, iso_utc, sweep_due
 from rotator.errors import RotatorError
-from rotator.events import Event, SettingsApplied, SweepFinished
-from rotator.lease import Leadership, lease_for
+from rotator.events import Event, LeaseError, SettingsApplied, SweepFinished
+from rotator.lease import Leadership, fence, lease_for
 from rotator.model import Action
 from rotator.sdnotify import Notifier
 
@@ -81,11 +81,23 @@ class Daemon:
         self.timing = timing or DaemonTiming()
         self.heartbeat_period = self.timing.heartbeat_for(self.notifier.watchdog)
         # Only the replica holding the lease sweeps; without a lease table every replica leads.
-        self.leadership: Leadership = leadership or lease_for(app.settings, app.base_aws(), app.bus.emit, app.clock)
+        # The lease's expiry is AWS's time, refused while that is unknown; its hold is monotonic (fencing).
+        aws_time = app.clock == app.aws_clock.now
+        lease_clock = app.aws_clock.checked_now if aws_time else app.clock
+        self.leadership: Leadership = leadership or lease_for(
+            app.settings, app.base_aws(), app.bus.emit, lease_clock, monotonic=monotonic
+        )
+        # Fencing: before every mutating AWS call, the lease must still be ours by monotonic time.
+        app.guards.append(lambda operation: fence(self.leadership, operation))
+        #: Whether the lease job found us leading last time (a change to True is a takeover).
+        self._leading = False
         self._load = load
         self.stop_event = threading.Event()
         self._sweep_lock = threading.Lock()
         self._pending_lock = threading.Lock()
+        self._monotonic = monotonic
+        #: When (monotonic) the lease last failed with an AWS error: "not leader" is then no standby's calm.
+        self._lease_failed_at: float | None = None
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         # The kernel may deliver a signal to any thread; the C-level handler then writes to this
         # socket, which wakes the main thread (a main thread blocked on a lock would sleep through).
@@ -106,6 +118,8 @@ class Daemon:
         app.bus.emit(SettingsApplied(dry_run=app.settings.safety.dry_run))
 
     def _observe(self, event: Event) -> None:
+        if isinstance(event, LeaseError):
+            self._lease_failed_at = self._monotonic()
         summary = self.state.observe(event)
         if summary is not None:
             self.notifier.status(summary.status_line())
@@ -119,8 +133,29 @@ class Daemon:
             sweep=self._sweep_job,
             heartbeat=self._heartbeat,
             heartbeat_period=self.heartbeat_period,
-            lease=self.leadership.try_acquire,
+            lease=self._lease_job,
             renew_interval=self.leadership.renew_interval,
+        )
+
+    def _lease_job(self) -> None:
+        """Renew (or try to take) the lease; on taking it, sweep when the dead leader's schedule says so."""
+        leading = self.leadership.try_acquire()
+        was, self._leading = self._leading, leading
+        if leading and not was and not self.state.sweeping:
+            self._took_lease()
+
+    def _took_lease(self) -> None:
+        """A takeover: the lease item's last sweep (AWS time) against the schedule decides the next sweep."""
+        last = self.leadership.last_sweep
+        due = sweep_due(self.app.settings.schedule, last)
+        now = self.app.clock()
+        delay = timedelta(0) if due is None else max(due - now, timedelta(0))  # both AWS time
+        at = self.scheduler.sweep_once(delay, "takeover") if self.scheduler.running else None
+        log.info(
+            "leader.takeover",
+            last_sweep=iso_utc(last),
+            overdue=delay <= timedelta(0),
+            next_sweep_at=iso_utc(at or self.scheduler.next_sweep_at()),
         )
 
     def _heartbeat(self) -> None:
@@ -136,15 +171,29 @@ class Daemon:
         try:
             self._apply_pending()
             if not self.leadership.held and not self.leadership.try_acquire():
-                log.info("sweep.skipped", reason="another replica holds the lease", trigger=trigger)
+                self._log_not_leader(trigger)
                 return
             self.state.sweep_started()
             result = self._sweep_once(trigger)
+            if result in ("success", "partial") and not self.app.dry_run():
+                # Carried to the next leader in the lease item (written now, not a renewal later).
+                self.leadership.record_sweep(self.app.clock())
+                if self.leadership.held:
+                    self.leadership.try_acquire()
         finally:
             self.state.sweep_ended()
             self._sweep_lock.release()
         if not (self.stop_event.is_set() or result == "interrupted"):
             self.scheduler.after_sweep(result, self.app.clock())
+
+    def _log_not_leader(self, trigger: str) -> None:
+        """A standby says so at info; a replica whose lease calls fail says so at warning (RotatorLeaseErrors)."""
+        failed_at = self._lease_failed_at
+        recent = 2 * self.leadership.renew_interval.total_seconds()
+        if failed_at is not None and self._monotonic() - failed_at <= recent:
+            log.warning("sweep.skipped", reason="lease unavailable (see lease.error)", trigger=trigger)
+        else:
+            log.info("sweep.skipped", reason="another replica holds the lease", trigger=trigger)
 
     def _sweep_once(self, trigger: str) -> str:
         try:
@@ -229,11 +278,17 @@ class Daemon:
         return self.state.health()
 
     def readiness(self) -> Answer:
-        return self.state.readiness(
+        status, body = self.state.readiness(
             dry_run=self.app.settings.safety.dry_run,
             leader=self.leadership.held,
             next_sweep_at=self.scheduler.next_sweep_at(),
         )
+        # AWS's clock decides every time comparison: not known well enough, nothing may change (say why).
+        reading = self.app.aws_clock.reading()
+        body["aws_clock"] = reading.to_json()
+        if status == 200 and reading.problem is not None and self.app.clock == self.app.aws_clock.now:
+            status, body["status"] = 503, reading.problem
+        return status, body
 
     def serve(self, address: str, port: int) -> ThreadingHTTPServer:
         """Bind /metrics, /healthz, /readyz and serve them from a background thread."""

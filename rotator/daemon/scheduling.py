@@ -32,6 +32,7 @@ log = structlog.get_logger("rotator.daemon")
 
 SWEEP_JOB = "sweep"
 RETRY_JOB = "sweep-retry"
+TAKEOVER_JOB = "sweep-takeover"
 HEARTBEAT_JOB = "heartbeat"
 LEASE_JOB = "lease"
 
@@ -63,6 +64,23 @@ def describe(schedule: ScheduleSettings) -> str:
         return f"cron {schedule.cron} UTC"
     assert schedule.interval is not None
     return f"every {schedule.interval.total_seconds():g}s"
+
+
+def sweep_due(schedule: ScheduleSettings, last_sweep: datetime | None) -> datetime | None:
+    """When the sweep after ``last_sweep`` falls due by the schedule; None: at once (no sweep recorded).
+
+    A new leader compares this with AWS's time (the lease item records ``last_sweep`` in it): a dead
+    leader's schedule carries on, the new leader neither waits for its own next slot nor sweeps twice.
+    """
+    if last_sweep is None:
+        return None
+    if schedule.cron is not None:
+        due: datetime | None = CronTrigger.from_crontab(schedule.cron, timezone=UTC).get_next_fire_time(
+            None, last_sweep + timedelta(microseconds=1)
+        )
+        return due
+    assert schedule.interval is not None
+    return last_sweep + schedule.interval
 
 
 def retry_delay(failures: int, initial: timedelta, maximum: timedelta) -> timedelta:
@@ -176,6 +194,27 @@ class SweepScheduler:
                 next_run_time=now,
             )
 
+    def sweep_once(self, delay: timedelta, trigger: str) -> datetime | None:
+        """One extra sweep ``delay`` from now (host clock), e.g. a new leader's ("takeover"); returns when.
+
+        None (nothing added) when the regular sweep comes no later.
+        """
+        assert self._sweep is not None, "add_jobs comes first"
+        at = datetime.now(UTC) + max(delay, timedelta(0))
+        job = self._scheduler.get_job(SWEEP_JOB)
+        if job is not None and job.next_run_time is not None and job.next_run_time <= at:
+            return None
+        self._scheduler.add_job(
+            self._sweep,
+            DateTrigger(run_date=at, timezone=UTC),
+            args=[trigger],
+            id=TAKEOVER_JOB,
+            name=f"sweep-{trigger}",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+        return at
+
     def reschedule(self, schedule: ScheduleSettings) -> None:
         self._scheduler.reschedule_job(SWEEP_JOB, trigger=trigger_for(schedule))
 
@@ -191,8 +230,12 @@ class SweepScheduler:
     # -- retry of failed sweeps ------------------------------------------------------------------
 
     def after_sweep(self, result: str, now: datetime) -> None:
-        """A success cancels a pending retry; a failure schedules one (backoff) unless the next slot is sooner."""
-        if result == "success":
+        """A success cancels a pending retry; a failure schedules one (backoff) unless the next slot is sooner.
+
+        A ``partial`` sweep (per-user or per-account problems only) counts as a success: retrying at once
+        would meet the same problems, and the next scheduled sweep reports them again.
+        """
+        if result in ("success", "partial"):
             self.failures = 0
             if self._scheduler.get_job(RETRY_JOB) is not None:
                 self._scheduler.remove_job(RETRY_JOB)

@@ -36,6 +36,17 @@ SPEC_METRICS: frozenset[str] = frozenset(
         "rotator_unproven_keys",
         # Added with "who still uses a held key" (issue 13): keys the guard holds now, per account.
         "rotator_held_keys",
+        # Added with operator trust (issue 15): dry-run state, per-user/per-account problems, lease errors.
+        "rotator_dry_run",
+        "rotator_problems",
+        "rotator_lease_errors_total",
+        "rotator_key_held",
+        # Added with the response to exposed keys and notifications (issue 14).
+        "rotator_quarantined_users",
+        "rotator_notifications_total",
+        # Added with replicas you can trust (issue 16): AWS's clock against the host's, per-account truth.
+        "rotator_clock_skew_seconds",
+        "rotator_account_last_success_timestamp_seconds",
     }
 )
 SPEC_HISTOGRAMS: frozenset[str] = frozenset({"rotator_sweep_duration_seconds"})
@@ -55,6 +66,8 @@ DEFAULT_SUBSTITUTIONS: Mapping[str, str] = {
     "__range_ms": "3600000",
     "account": ".*",
     "user": ".*",
+    "instance": ".*",
+    "max_key_age_days": "90",
 }
 
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")

@@ -16,6 +16,7 @@ ROTATOR_OPERATIONS: frozenset[str] = frozenset(
         "iam:GetUser",
         "iam:ListAccessKeys",
         "iam:GetAccessKeyLastUsed",
+        "iam:ListAttachedUserPolicies",  # a quarantined user's policies, fresh (issue 14)
         # IAM: key lifecycle and the rotation marker tag
         "iam:CreateAccessKey",
         "iam:UpdateAccessKey",
@@ -35,6 +36,8 @@ ROTATOR_OPERATIONS: frozenset[str] = frozenset(
         "sts:AssumeRole",  # multi-account only
         # CloudTrail: who created a key an interrupted rotation left unrecorded
         "cloudtrail:LookupEvents",
+        # SNS: notifications, only with notifications.sns_topic_arn (optional/sns-notifications.json)
+        "sns:Publish",
     }
 )
 
@@ -64,6 +67,7 @@ MUTATING_OPERATIONS: frozenset[str] = frozenset(
         "secretsmanager:UpdateSecretVersionStage",
         "secretsmanager:TagResource",
         "sts:AssumeRole",
+        "sns:Publish",
     }
 )
 

@@ -12,6 +12,11 @@
    without a single denied call, while calls outside the policy are denied.
 3. ``test_optional_features_send_only_what_the_readme_documents``: AWS Organizations discovery and secret replicas
    need actions beyond the policy; they must be exactly the ones deploy/iam/README.md tells operators to add.
+4. ``test_evaluator_*``: the conditions (issue 15). moto evaluates no IAM condition, so they are proven statically:
+   the evaluator below applies the policy document's Resource and Condition (``aws:ResourceTag``,
+   ``aws:RequestTag``, ``aws:TagKeys``, the ``${aws:PrincipalAccount}`` variable) to the very requests the rotator
+   sends (recorded in test 1) and to the requests it must be refused: a key for a user without the selection tag,
+   a write to a secret without the rotator's tag.
 
 The assertions do not depend on which other tests ran (the session-wide recording is checked in conftest).
 """
@@ -80,14 +85,32 @@ aws:
   max_calls_per_second: 1000
 """
 
+#: Seconds past a policy duration before the next sweep: the rotator decides on AWS's time, which it reads from
+#: whole-second ``Date`` headers (rotator/awsclock.py), so a duration can look up to a second shorter to it.
+AWS_TIME_MARGIN = 1.2
+
 
 def as_list(value: Any) -> list[Any]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def load_policy() -> dict[str, Any]:
+#: Opt-in statements the workloads below need besides the base policy (deploy/iam/optional/).
+OPTIONAL_IN_WORKLOAD = ("assume-role", "kms", "sns-notifications")
+#: The notification topic of the workload (optional/sns-notifications.json scopes sns:Publish to this name).
+TOPIC = f"arn:aws:sns:{REGION}:{ACCOUNT}:iam-key-rotator"
+
+
+def load_policy(*optional: str) -> dict[str, Any]:
+    """The base policy plus the statements of ``optional`` files (``deploy/iam/optional/<name>.json``)."""
     document: dict[str, Any] = json.loads(IAM_POLICY.read_text(encoding="utf-8"))
+    for name in optional:
+        extra = json.loads((IAM_POLICY.parent / "optional" / f"{name}.json").read_text(encoding="utf-8"))
+        document["Statement"] = as_list(document["Statement"]) + as_list(extra["Statement"])
     return document
+
+
+#: Tags of the resources the requests address, for ``aws:ResourceTag`` (the request does not carry them).
+ResourceTags = dict[str, dict[str, str]]
 
 
 def needed_actions(call: dict[str, Any]) -> list[str]:
@@ -113,6 +136,21 @@ def matches(pattern: str, value: str) -> bool:
     return _wildcard(pattern).fullmatch(value) is not None
 
 
+def expand(pattern: str) -> str:
+    """Policy variables as AWS resolves them for the rotator's role in ``ACCOUNT``."""
+    return pattern.replace("${aws:PrincipalAccount}", ACCOUNT)
+
+
+def tags_of(call: dict[str, Any], users: ResourceTags, secrets: ResourceTags) -> dict[str, str]:
+    """The tags of the resource ``call`` addresses (none for a secret it creates: it does not exist yet)."""
+    params = call["params"]
+    if call["service"] == "iam" and params.get("UserName"):
+        return users.get(params["UserName"], {})
+    if call["service"] == "secretsmanager" and call["operation"] != "CreateSecret":
+        return secrets.get(params.get("SecretId") or params.get("Name") or "", {})
+    return {}
+
+
 def resource_of(call: dict[str, Any], paths: dict[str, str], key_owners: dict[str, str]) -> str:
     """The ARN AWS authorizes ``call`` against ("*" for operations without a resource type)."""
     params = call["params"]
@@ -128,13 +166,15 @@ def resource_of(call: dict[str, Any], paths: dict[str, str], key_owners: dict[st
             return "*"
         # Secrets Manager appends "-" and 6 random characters to every secret's ARN.
         return name if name.startswith("arn:") else f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-AbC123"
-    if call["service"] == "sts":
-        return str(params.get("RoleArn", "*"))
-    return "*"
+    # sts:AssumeRole is authorized against the role, sns:Publish against the topic.
+    return str(params.get("RoleArn") or params.get("TopicArn") or "*")
 
 
 def condition_values(call: dict[str, Any], key: str) -> list[str]:
     params = call["params"]
+    if key.startswith("aws:ResourceTag/"):
+        value = call.get("resource_tags", {}).get(key.split("/", 1)[1])
+        return [] if value is None else [value]
     if key == "aws:TagKeys":
         return list(params.get("Tags", {})) or list(params.get("TagKeys", []))
     if key.startswith("aws:RequestTag/"):
@@ -166,7 +206,7 @@ def allowing_statements(document: dict[str, Any], action: str, resource: str, ca
     for statement in as_list(document["Statement"]):
         if statement["Effect"] != "Allow" or not any(matches(a, action) for a in as_list(statement["Action"])):
             continue
-        if not any(matches(r, resource) for r in as_list(statement["Resource"])):
+        if not any(matches(expand(r), resource) for r in as_list(statement["Resource"])):
             continue
         if condition_holds(statement.get("Condition", {}), call):
             sids.append(statement.get("Sid", "?"))
@@ -175,26 +215,44 @@ def allowing_statements(document: dict[str, Any], action: str, resource: str, ca
 
 def test_evaluator_denies_what_the_policy_does_not_grant() -> None:
     """The evaluator itself: scoping and conditions do deny (else test 1 would prove nothing)."""
-    document = load_policy()
-    paths = {"app": "/service/", "human": "/"}
+    document = load_policy(*OPTIONAL_IN_WORKLOAD)
+    paths = {"app": "/service/", "human": "/", "admin": "/"}
+    users: ResourceTags = {"app": {"rotator": "enabled"}, "human": {"team": "x"}, "admin": {}}
+    secrets: ResourceTags = {"iam-keys/app": {"rotator:managed": "true", "rotator:user": "app"}, "iam-keys/hand": {}}
 
     def allowed(service: str, operation: str, **params: Any) -> bool:
-        call = {"service": service, "operation": operation, "params": params}
+        call: dict[str, Any] = {"service": service, "operation": operation, "params": params}
+        call["resource_tags"] = tags_of(call, users, secrets)
         return bool(allowing_statements(document, f"{service}:{operation}", resource_of(call, paths, {}), call))
 
     assert allowed("iam", "CreateAccessKey", UserName="app")
-    assert not allowed("iam", "CreateAccessKey", UserName="human")  # outside the managed path
+    assert not allowed("iam", "CreateAccessKey", UserName="human")  # no selection tag: refused, whatever its path
+    assert not allowed("iam", "CreateAccessKey", UserName="admin")  # the issue: an admin at path "/"
+    assert not allowed("iam", "UpdateAccessKey", UserName="admin", AccessKeyId="AKIA")
+    assert not allowed("iam", "DeleteAccessKey", UserName="admin", AccessKeyId="AKIA")
     assert not allowed("iam", "CreateAccessKey")  # no user: the caller itself, on "*"
+    assert allowed("iam", "ListAccessKeys", UserName="admin")  # reads answer for any user (see the README)
     assert allowed("iam", "TagUser", UserName="app", Tags={"rotator:rotation-started": "x"})
+    assert not allowed("iam", "TagUser", UserName="admin", Tags={"rotator:rotation-started": "x"})
     assert not allowed("iam", "TagUser", UserName="app", Tags={"team": "x"})  # only rotator:* tags
+    assert not allowed("iam", "TagUser", UserName="human", Tags={"rotator": "enabled"})  # cannot select a user
     assert not allowed("iam", "UntagUser", UserName="app", TagKeys=["rotator:x", "owner"])
     assert allowed("secretsmanager", "CreateSecret", Name="iam-keys/app", Tags={"rotator:managed": "true"})
     assert not allowed("secretsmanager", "CreateSecret", Name="iam-keys/app", Tags={})  # the tag is required
     assert not allowed("secretsmanager", "CreateSecret", Name="prod/app", Tags={"rotator:managed": "true"})
+    assert allowed("secretsmanager", "PutSecretValue", SecretId="iam-keys/app")
+    assert not allowed("secretsmanager", "PutSecretValue", SecretId="iam-keys/hand")  # a secret the rotator did not tag
+    assert not allowed("secretsmanager", "UpdateSecretVersionStage", SecretId="iam-keys/hand")
+    assert not allowed("secretsmanager", "TagResource", SecretId="iam-keys/hand", Tags={"rotator:x": "y"})
+    assert allowed("secretsmanager", "DescribeSecret", SecretId="iam-keys/hand")  # read: "not ours", not denied
     assert not allowed("secretsmanager", "PutSecretValue", SecretId="other/app")
     assert allowed("sts", "AssumeRole", RoleArn=REMOTE_ROLE)
     assert not allowed("sts", "AssumeRole", RoleArn="arn:aws:iam::111111111111:role/admin")
     assert not allowed("iam", "ListRoles")
+    # Opt-in: without optional/assume-role.json the base policy cannot leave its account.
+    base = load_policy()
+    call = {"service": "sts", "operation": "AssumeRole", "params": {"RoleArn": REMOTE_ROLE}}
+    assert not allowing_statements(base, "sts:AssumeRole", REMOTE_ROLE, call)
     # A request can need more than its own action: CreateSecret with tags also needs TagResource (granted), with
     # replicas also ReplicateSecretToRegions (an optional addition the README describes, not in the policy).
     create = {
@@ -207,6 +265,7 @@ def test_evaluator_denies_what_the_policy_does_not_grant() -> None:
         "secretsmanager:TagResource",
         "secretsmanager:ReplicateSecretToRegions",
     ]
+    create["resource_tags"] = tags_of(create, users, secrets)
     resource = resource_of(create, paths, {})
     granted = [bool(allowing_statements(document, a, resource, create)) for a in needed_actions(create)]
     assert granted == [True, True, False]
@@ -229,7 +288,8 @@ def aws(moto_server: MotoServer) -> Iterator[AwsEnv]:
 
 def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path: Path) -> None:
     record = tmp_path / "calls.jsonl"
-    config = write_config(tmp_path, CONFIG.format(max_key_age="6s"))
+    aws.client("sns").create_topic(Name="iam-key-rotator")
+    config = write_config(tmp_path, CONFIG.format(max_key_age="6s") + f"notifications: {{sns_topic_arn: '{TOPIC}'}}\n")
     remote_config = tmp_path / "remote.yaml"
     remote_config.write_text(config.read_text() + f"accounts: ['{REMOTE_ROLE}']\n")
     paths = {"app": "/service/", "leaky": "/service/", "remote": "/service/", "human": "/"}
@@ -259,11 +319,11 @@ def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path:
     k1 = aws.secret("app")["AccessKeyId"]
     k1_created = time.time()
     cli(aws, config, record, "rotate", "leaky", "--revoke")  # forced: PutSecretValue, stages, disable at once
-    wait_until(t_bootstrap + 2.2)
+    wait_until(t_bootstrap + 2 + AWS_TIME_MARGIN)
     cli(aws, config, record, "sweep")  # grace over: app's old key disabled (the guard reads its last use)
     t_disabled = time.time()
     assert aws.keys("app") == {k0: "Inactive", k1: "Active"}
-    wait_until(max(t_disabled + 2.2, k1_created + 6.2))
+    wait_until(max(t_disabled + 2, k1_created + 6) + AWS_TIME_MARGIN)
     cli(aws, config, record, "sweep")  # retention over: deleted; k1 past max_key_age: AWSPENDING -> AWSCURRENT
     assert k0 not in aws.keys("app")
     assert aws.secret("app")["AccessKeyId"] not in (k0, k1)
@@ -273,6 +333,20 @@ def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path:
     aws.sm.put_secret_value(SecretId="iam-keys/leaky", SecretString=json.dumps(by_hand), VersionStages=["AWSCURRENT"])
     (leaky,) = [r for r in json.loads(cli(aws, config, record, "inventory", "--json")) if r["user"] == "leaky"]
     assert by_hand["AccessKeyId"] in leaky["secret"]["version_keys"].values()
+    # A quarantine response whose policy a person has since detached: the sweep reads the user's attached
+    # policies fresh (iam:ListAttachedUserPolicies) and forgets the record.
+    aws.sm.tag_resource(
+        SecretId="iam-keys/app",
+        Tags=[
+            {"Key": "rotator:quarantine-answered-at", "Value": datetime.now(UTC).isoformat()},
+            {"Key": "rotator:quarantine-keys", "Value": k0},
+            {"Key": "rotator:quarantine-policies", "Value": "AWSCompromisedKeyQuarantineV3"},
+        ],
+    )
+    cli(aws, config, record, "sweep")
+    assert {t["Key"]: t["Value"] for t in aws.sm.describe_secret(SecretId="iam-keys/app")["Tags"]}[
+        "rotator:quarantine-answered-at"
+    ] == ""
 
     # A crash between CreateAccessKey and its ownership record leaves an unrecorded key near the intent mark:
     # the plan asks CloudTrail (the proxy's stand-in) who created it.
@@ -288,8 +362,15 @@ def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path:
         if call["operation"] == "CreateAccessKey" and "CreatedAccessKeyId" in call["params"]:
             key_owners[call["params"]["CreatedAccessKeyId"]] = call["params"]["UserName"]
     sent = operations(calls)
-    policy = load_policy()
+    policy = load_policy(*OPTIONAL_IN_WORKLOAD)
     allowed = policy_actions(policy)
+    # The resources' tags as AWS would see them: every managed user carries the selection tag (the unmanaged
+    # "human" none), every secret the rotator wrote was created by it with its tag (recorded CreateSecret calls).
+    user_tags: ResourceTags = {user: {"rotator": "enabled"} for user in paths if user != "human"}
+    secret_tags: ResourceTags = {
+        c["params"]["Name"]: dict(c["params"].get("Tags") or {}) for c in calls if c["operation"] == "CreateSecret"
+    }
+    assert secret_tags and all(t.get("rotator:managed") == "true" for t in secret_tags.values())
     print("operations sent:", " ".join(sorted(sent)))
 
     # (a) every operation sent is an action of the policy ...
@@ -305,6 +386,10 @@ def test_policy_allows_every_call_sent_and_nothing_unused(aws: AwsEnv, tmp_path:
     denied = []
     for call in calls:
         resource = resource_of(call, paths, key_owners)
+        owner = call["params"].get("UserName") or key_owners.get(call["params"].get("AccessKeyId", ""))
+        call["resource_tags"] = tags_of(
+            {**call, "params": {**call["params"], "UserName": owner}}, user_tags, secret_tags
+        )
         for action in needed_actions(call):
             if not allowing_statements(policy, action, resource, call):
                 denied.append((action, resource, call["params"]))
@@ -345,7 +430,7 @@ def for_moto(document: dict[str, Any]) -> dict[str, Any]:
 def least_privilege(signed_moto: StartSignedMoto) -> AwsEnv:
     """The rotator's credentials: an IAM user whose only permissions are the policy's actions."""
     anonymous = signed_moto(SETUP_CALLS)
-    env, arn = user_with_policy(anonymous, "iam-key-rotator", json.dumps(for_moto(load_policy())))
+    env, arn = user_with_policy(anonymous, "iam-key-rotator", json.dumps(for_moto(load_policy(*OPTIONAL_IN_WORKLOAD))))
     iam = anonymous.iam
     iam.create_role(RoleName="iam-key-rotator", AssumeRolePolicyDocument=TRUST_ANYONE)
     iam.attach_role_policy(RoleName="iam-key-rotator", PolicyArn=arn)
@@ -382,12 +467,12 @@ def test_lifecycle_with_only_the_policy_actions(least_privilege: AwsEnv, tmp_pat
     assert keys == {k0: "Active", k1: "Active"}
     assert aws.secret("app")["AccessKeyId"] == k1
 
-    wait_until(t_published + 2.2)
+    wait_until(t_published + 2 + AWS_TIME_MARGIN)
     cli(aws, config, record, "sweep")  # grace over: disabled
     t_disabled = time.time()
     assert aws.keys("app") == {k0: "Inactive", k1: "Active"}
 
-    wait_until(t_disabled + 2.2)
+    wait_until(t_disabled + 2 + AWS_TIME_MARGIN)
     cli(aws, config, record, "sweep")  # retention over: deleted
     assert aws.keys("app") == {k1: "Active"}
 
@@ -408,7 +493,7 @@ def test_lifecycle_with_only_the_policy_actions(least_privilege: AwsEnv, tmp_pat
     calls = read_calls(record)
     sent = operations(calls)
     assert "sts:AssumeRole" in sent
-    assert sent <= policy_actions(load_policy())
+    assert sent <= policy_actions(load_policy(*OPTIONAL_IN_WORKLOAD))
     refused = [c for c in calls if c["status"] in (401, 403)]
     assert not refused, f"denied with only the policy's actions: {refused}"
 
@@ -444,10 +529,13 @@ def test_optional_features_send_only_what_the_readme_documents(aws: AwsEnv, tmp_
     assert len(member_iam.list_access_keys(UserName="member")["AccessKeyMetadata"]) == 2  # bootstrapped
 
     needed = {action for call in read_calls(record) for action in needed_actions(call)}
-    optional = needed - policy_actions(load_policy())
+    optional = needed - policy_actions(load_policy("assume-role"))
     readme = documented_actions(IAM_README.read_text(encoding="utf-8"))
     assert optional <= readme, f"needed, but neither in the policy nor in the README: {sorted(optional - readme)}"
     for prefix in ("organizations:", "secretsmanager:ReplicateSecretToRegions"):
         documented = {a for a in readme if a.startswith(prefix)}
         used = {a for a in optional if a.startswith(prefix)}
         assert documented == used, f"README names {sorted(documented - used)}, never needed"
+    # ... and the opt-in files written out for them grant exactly that.
+    written = policy_actions(load_policy("organizations", "secret-replicas")) - policy_actions(load_policy())
+    assert optional == written, f"needed {sorted(optional)}, optional/*.json grant {sorted(written)}"

@@ -9,12 +9,16 @@ that every series the queries select exists:
   deleted after the 3 s retention: ``rotate``/``disable``/``delete`` successes, per-key and next-action gauges;
 * ``app-held``: a consumer keeps signing ``sts:GetCallerIdentity`` with the old key (quiet period 1 h), so the
   guard holds it (``key.held``, ``rotator_actions_total{action="disable",result="held"}``);
-* ``app-broken``: a malformed ``rotator:max-key-age`` tag makes its step a problem, so sweeps fail
-  (``result="failure"`` of actions and sweeps); once that happened the test removes the tag, the user is
-  bootstrapped and later sweeps succeed (``rotator_last_sweep_success_timestamp_seconds``);
+* ``app-broken``: a malformed ``rotator:max-key-age`` tag makes its step a problem: a failed ``skip`` action,
+  ``rotator_problems{kind="user"}`` 1 and a ``partial`` sweep, never a failed one (issue 15: one user's problem
+  does not fail the sweep), and the last success keeps moving meanwhile; once that happened the test removes the
+  tag, the user is bootstrapped and ``rotator_problems`` goes back to 0;
 * ``app-unmanaged``: untagged, so it must not show up in the dashboard's ``user`` variable;
 * throttling: the daemon reaches moto through a small proxy that answers every 4th first attempt of an IAM read
-  with ``Throttling`` (botocore retries it), so ``rotator_aws_api_calls_total{outcome="throttled"}`` exists.
+  with ``Throttling`` (botocore retries it), so ``rotator_aws_api_calls_total{outcome="throttled"}`` exists;
+* an AWS error that is not throttling: the proxy answers the first ``GetAccessKeyLastUsed`` with ``AccessDenied``
+  (one user's action fails once), so ``rotator_aws_api_calls_total{outcome="error"}`` exists for the dashboard's
+  "AWS errors (not throttles)" panel.
 
 Checks, through Prometheus' HTTP API (``/api/v1/query``):
 
@@ -77,6 +81,12 @@ ALERT_INNER: dict[str, tuple[str, str]] = {
     "RotatorUnprovenKey": (" > 0", ""),
     "RotatorNoRecentSuccess": (" > 7200", ""),
     "RotatorAwsThrottling": (" > 0.1", ""),
+    "RotatorNoLeader": (" < 1", ""),
+    "RotatorLeaseErrors": (" > 0", ""),
+    "RotatorProblems": (" > 0", ""),
+    "RotatorDryRun": (" == 1", ""),
+    "RotatorQuarantinedUser": (" > 0", ""),
+    "RotatorNotificationFailures": (" > 0", ""),
 }
 
 CONFIG = """\
@@ -116,6 +126,11 @@ THROTTLED_BODY = (
     b"<Code>Throttling</Code><Message>Rate exceeded</Message></Error>"
     b"<RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>"
 )
+DENIED_BODY = (
+    b'<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><Error><Type>Sender</Type>'
+    b"<Code>AccessDenied</Code><Message>denied once by the test proxy</Message></Error>"
+    b"<RequestId>00000000-0000-0000-0000-000000000001</RequestId></ErrorResponse>"
+)
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
 
 
@@ -130,6 +145,7 @@ class ThrottlingProxy(ThreadingHTTPServer):
         self.every = every
         self.eligible = 0
         self.throttled = 0
+        self.denied = 0
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
@@ -152,6 +168,15 @@ class ThrottlingProxy(ThreadingHTTPServer):
             self.throttled += 1
             return True
 
+    def should_deny(self, body: bytes) -> bool:
+        """The first GetAccessKeyLastUsed only: an error answer that is not throttling (not retried)."""
+        action = urllib.parse.parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
+        with self.lock:
+            if action != "GetAccessKeyLastUsed" or self.denied:
+                return False
+            self.denied += 1
+            return True
+
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
@@ -165,6 +190,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.server.should_throttle(self.headers, body):
             self._reply(400, [("Content-Type", "text/xml")], THROTTLED_BODY)
+            return
+        if self.server.should_deny(body):
+            self._reply(403, [("Content-Type", "text/xml")], DENIED_BODY)
             return
         upstream = http.client.HTTPConnection(*self.server.upstream, timeout=30)
         try:
@@ -400,7 +428,7 @@ def test_every_dashboard_query_and_alert_expression_returns_data(aws: AwsEnv, tm
         listening = {c.laddr.ip for c in connections("inet") if c.status == psutil.CONN_LISTEN}
         assert listening == {"127.0.0.1"}, f"Prometheus must listen on 127.0.0.1 only, not {listening}"
 
-        wait_for(lambda: failed(daemon_samples(metrics_port)), deadline, "a failed sweep", daemon)
+        wait_for(lambda: partial(daemon_samples(metrics_port)), deadline, "a partial sweep", daemon)
         # The operator fixes the tag: the user is bootstrapped and the sweeps succeed from now on.
         aws.iam.untag_user(UserName="app-broken", TagKeys=["rotator:max-key-age"])
 
@@ -429,14 +457,19 @@ def test_every_dashboard_query_and_alert_expression_returns_data(aws: AwsEnv, tm
             raise AssertionError("still failing:\n" + "\n".join(problems) + f"\n\n{exc}") from None
 
         # The variables list the account and exactly the managed users (the unmanaged one is never exported).
+        expected = {"account": {ACCOUNT}, "user": set(MANAGED), "instance": {f"127.0.0.1:{metrics_port}"}}
         for label, selector in variable_selectors():
             values = set(api.get(f"/api/v1/label/{label}/values", **{"match[]": selector})["data"])
-            assert values == ({ACCOUNT} if label == "account" else set(MANAGED)), (label, values)
+            assert values == expected[label], (label, values)
+        # The bad tag was a per-user problem: no sweep failed, and it is gone once the tag was fixed.
+        samples = daemon_samples(metrics_port)
+        assert samples.get(("rotator_sweeps_total", (("result", "failure"),)), 0) == 0
+        assert samples[("rotator_problems", (("account", ACCOUNT), ("kind", "user")))] == 0
         # The target is up, so the two alerts about it are silent (the others may fire here: failures, throttling).
         for name in ("RotatorDown", "RotatorAbsent"):
             (expr,) = [str(rule["expr"]) for rule in alert_rules() if rule["alert"] == name]
             assert api.query(expr)["data"]["result"] == [], name
-        assert proxy.throttled >= 1
+        assert proxy.throttled >= 1 and proxy.denied == 1
         assert "key.held" in daemon.stderr_path.read_text()
         prom.alive()
         daemon.alive()
@@ -449,11 +482,14 @@ def test_every_dashboard_query_and_alert_expression_returns_data(aws: AwsEnv, tm
     assert time.monotonic() - started < 90
 
 
-def failed(samples: Samples) -> bool:
-    """A sweep failed and an action failed (app-broken's malformed tag)."""
+def partial(samples: Samples) -> bool:
+    """app-broken's malformed tag: a partial sweep (not a failed one), a failed skip, one user with a problem."""
     return (
-        samples.get(("rotator_sweeps_total", (("result", "failure"),)), 0) >= 1
+        samples.get(("rotator_sweeps_total", (("result", "partial"),)), 0) >= 1
         and samples.get(("rotator_actions_total", (("action", "skip"), ("result", "failure"))), 0) >= 1
+        and samples.get(("rotator_problems", (("account", ACCOUNT), ("kind", "user"))), 0) >= 1
+        and samples.get(("rotator_last_sweep_success_timestamp_seconds", ()), 0) > 0
+        and samples.get(("rotator_sweeps_total", (("result", "failure"),)), 0) == 0
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,14 @@ EXPECTED_ALERTS = {
     "RotatorAwsThrottling",
     "RotatorActionFailures",
     "RotatorUnprovenKey",
+    # Issue 15: no leader, lease errors, per-user/per-account problems, a dry run left on.
+    "RotatorNoLeader",
+    "RotatorLeaseErrors",
+    "RotatorProblems",
+    "RotatorDryRun",
+    # Issue 14: AWS quarantined a managed user (an exposed key); notifications not delivered.
+    "RotatorQuarantinedUser",
+    "RotatorNotificationFailures",
 }
 
 
@@ -82,3 +91,45 @@ def test_alerts_use_only_spec_metrics() -> None:
         names = metric_names(expr)
         assert names, expr
         assert names <= ALLOWED_SERIES, f"{expr}: {names - ALLOWED_SERIES}"
+
+
+# -- issue 15: runbook URLs an Alertmanager can open, and the PrometheusRule from the same file -----------------
+
+RENDER = ALERTS.parents[2] / "scripts" / "render-alerts"
+BASE = "https://git.example.com/ops/iam-key-rotator/blob/main/docs"
+
+
+def render(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(RENDER), *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_rendered_rules_have_absolute_runbook_urls_and_pass_promtool(tmp_path: Path) -> None:
+    result = render("--runbook-base", BASE + "/")
+    assert result.returncode == 0, result.stderr
+    rendered = tmp_path / "rotator-rules.yml"
+    rendered.write_text(result.stdout, encoding="utf-8")
+    checked = promtool("check", "rules", rendered.name, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    source = {str(rule["alert"]): rule for rule in alert_rules()}
+    rules = [r for g in yaml.safe_load(result.stdout)["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} == set(source)
+    for rule in rules:
+        name = rule["alert"]
+        assert rule["annotations"]["runbook_url"] == f"{BASE}/operations.md#{name.lower()}", name
+        assert rule["expr"] == source[name]["expr"], name  # only the runbook URLs change
+
+
+def test_render_refuses_a_relative_base() -> None:
+    result = render("--runbook-base", "docs")
+    assert result.returncode == 2
+    assert "absolute http(s) URL" in result.stderr
+
+
+def test_the_prometheus_rule_holds_the_same_groups() -> None:
+    plain = render("--runbook-base", BASE)
+    wrapped = render("--runbook-base", BASE, "--kubernetes", "--namespace", "monitoring")
+    assert plain.returncode == wrapped.returncode == 0, plain.stderr + wrapped.stderr
+    document = yaml.safe_load(wrapped.stdout)
+    assert (document["apiVersion"], document["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert document["metadata"]["namespace"] == "monitoring"
+    assert document["spec"]["groups"] == yaml.safe_load(plain.stdout)["groups"]

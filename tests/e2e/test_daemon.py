@@ -40,6 +40,7 @@ def config_text(
     max_key_age: str = "8s",
     validation_timeout: str = "2s",
     lease_table: str | None = None,
+    lease_ttl: str = "60s",
 ) -> str:
     return f"""\
 schedule: {{interval: {interval}}}
@@ -56,7 +57,7 @@ aws:
   validation_timeout: {validation_timeout}
   max_calls_per_second: 1000
   max_attempts: 2
-coordination: {{lease_table: {lease_table or "null"}}}
+coordination: {{lease_table: {lease_table or "null"}, lease_ttl: {lease_ttl}}}
 """
 
 

@@ -55,7 +55,7 @@ def test_sandbox_runs_the_whole_lifecycle_and_stops_after_its_duration() -> None
         pump = read_lines(proc, lines)
         metrics_url = wait_for(lines, r"metrics\s+(http://127\.0\.0\.1:\d+/metrics)", 180).group(1)
         wait_for(lines, r"AWS_ENDPOINT_URL=http://127\.0\.0\.1:\d+", 5)
-        wait_for(lines, r"seeded\s+6 managed users, 1 unmanaged", 5)
+        wait_for(lines, r"seeded\s+7 managed users, 1 unmanaged", 5)
         wait_for(lines, r"new key AKIA\w+ published", 30)
         with urllib.request.urlopen(metrics_url, timeout=5) as response:
             body = response.read().decode()
@@ -71,6 +71,11 @@ def test_sandbox_runs_the_whole_lifecycle_and_stops_after_its_duration() -> None
     assert re.search(r"previous key AKIA\w+ disabled", output)
     assert re.search(r"key AKIA\w+ deleted", output)
     assert "held by the guard" in output
+    # The quarantined user: answered in the first sweep, and only once.
+    assert re.search(
+        r"svc-exposed: AWS quarantine \(AWSCompromisedKeyQuarantineV3\): exposed key AKIA\w+ disabled", output
+    )
+    assert re.search(r"quarantine_responses=1\b", output)
     summary = wait_for(lines, r"sandbox stopped: rotated=(\d+), disabled=(\d+), held=(\d+), deleted=(\d+)", 1)
     rotated, disabled, _held, deleted = (int(n) for n in summary.groups())
     assert rotated >= 5 and disabled >= 3 and deleted >= 3

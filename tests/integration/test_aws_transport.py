@@ -16,9 +16,10 @@ from typing import Any
 import boto3
 import pytest
 from conftest import REGION, AwsEnv, free_port
+from faultproxy import FaultProxy
 from helpers import silent_endpoint
 
-from rotator.aws import Boundary, RateLimiter
+from rotator.aws import Boundary, RateLimiter, ServiceLimits
 from rotator.errors import AwsError, NotFoundError, UnreachableError
 from rotator.events import AwsCall, Event
 
@@ -115,3 +116,24 @@ def test_a_silent_endpoint_costs_two_read_timeouts_whatever_max_attempts(monkeyp
     assert 1.9 < took < 4.0, f"{took:.1f} s: one retry after a timeout, not {boundary.max_attempts - 1}"
     call = last_call(events)
     assert (call.outcome, call.reachable) == ("error", False)
+
+
+def test_throttling_lowers_only_that_service_s_rate_in_that_account(
+    fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each service of each account has its own adaptive bucket; every attempt, retries included, waits on it."""
+    events: list[Event] = []
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)
+    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
+    boundary = Boundary(session, events.append, limiter=ServiceLimits({"iam": 50.0, "secretsmanager": 50.0}))
+    rule = fault_proxy.fail_before("ListUsers", status=400, code="Throttling", times=2)
+    boundary.call("iam", "ListUsers")  # botocore retries the throttled attempts; the third one passes
+    boundary.call("secretsmanager", "ListSecrets")
+    assert rule.fired == 2
+    throttled = [e for e in events if isinstance(e, AwsCall) and e.outcome == "throttled"]
+    assert [(e.service, e.operation) for e in throttled] == [("iam", "ListUsers")] * 2
+    iam, secrets = boundary.limits.of("iam"), boundary.limits.of("secretsmanager")
+    assert (iam.throttles, secrets.throttles) == (2, 0)
+    assert iam.rate < 50.0 and secrets.rate == 50.0
+    other = boundary.for_account(session, "210987654321")
+    assert other.limits.of("iam").rate == 50.0  # another account: its own quota, its own bucket

@@ -97,7 +97,13 @@ def assert_one_rotation_each(aws: AwsEnv, tmp_path: Path, due: dict[str, str], p
     further_config = policy_config(tmp_path, "further", max_key_age="1s", validation_timeout=FURTHER_TIMEOUT)
     further = crashing(0, ["sweep"], aws, further_config)
     assert further.returncode == 0, further.describe()
-    assert further.operations == [], further.describe()
+    # The only change left: the intent marks of runs that lost the race to IAM's key limit. A loser keeps its mark
+    # (the key that won may be a crashed run's, never recorded: only the mark lets CloudTrail settle it, and a re-read
+    # cannot tell, as ListAccessKeys may lag), and the repair removes it once the window has passed and all is settled.
+    assert set(further.operations) <= {"UntagUser"}, further.describe()
+    repaired = further.named("state.record_repaired")
+    assert len(repaired) == len(further.operations), further.describe()
+    assert all(e["record"] == "stale rotation tags removed" for e in repaired), further.describe()
     assert not further.named("key.orphan_deleted")
     for user in DUE_USERS:
         assert aws.keys(user) == {due[user]: "Active", new_key[user]: "Active"}, user
@@ -125,9 +131,13 @@ def test_rotate_races_sweep(aws: AwsEnv, tmp_path: Path, due_users: dict[str, st
     forced, swept = finish(rotate), finish(sweeping)
     assert swept.returncode == 0, swept.describe()
     assert forced.returncode in (0, 1), forced.describe()
-    lost = [line for line in forced.stderr.splitlines() if "not rotated" in line]
+    # One plain "rotator: USER: ..." line a user not rotated (the JSON log lines beside them say it again).
+    lost = [line for line in forced.stderr.splitlines() if line.startswith("rotator: ") and "not rotated" in line]
     rotated = [line for line in forced.stdout.splitlines() if line.endswith(": rotated")]
-    assert len(lost) + len(rotated) == len(DUE_USERS), forced.describe()
+    lost_users = {line.split(": ")[1] for line in lost}
+    rotated_users = {line.split(": ")[0] for line in rotated}
+    assert len(lost_users) == len(lost) and len(rotated_users) == len(rotated), forced.describe()
+    assert lost_users | rotated_users == set(DUE_USERS) and not lost_users & rotated_users, forced.describe()
     assert (forced.returncode == 1) == bool(lost)
     for line in lost:
         assert any(reason in line for reason in LOST_RACE), line

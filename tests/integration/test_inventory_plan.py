@@ -177,9 +177,10 @@ def test_selection_by_path_tag_globs_and_exclude_tag(aws: AwsEnv, tmp_path: Path
     assert aws.snapshot() == before
     assert set(inventory) == managed
     assert set(overridden) == managed | {"untagged", "wrong-value", "break-glass-admin"}
-    # Human plan output (stdout is not a terminal): one tab-separated row per step.
+    # Human plan output (stdout is not a terminal): a header line, then one tab-separated row per step.
     assert result.returncode == 0, result.stderr
-    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    header, *rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert header == ["user", "action", "key_id", "due_at", "reason"]
     assert all(len(row) == 5 for row in rows), rows
     assert {(row[0], row[1], row[2]) for row in rows} == {(user, "rotate", "-") for user in managed}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from conftest import REGION, AwsEnv, write_config
 from prometheus_client import CollectorRegistry
 
 from rotator.aws import Aws, Boundary, RateLimiter
+from rotator.awsclock import AwsClock
 from rotator.config import load_settings
 from rotator.errors import ConflictError
 from rotator.events import AwsCall, Event, LeaderChanged, LeaseError
@@ -244,3 +246,88 @@ def test_release_never_waits_long_for_a_renewal_in_flight(ddb: Any, make_aws: Ma
     assert not a.try_acquire()
     clock.advance(TTL.total_seconds() + 1)
     assert b.try_acquire()
+
+
+# -- time and leadership (docs/design.md, "Time and leadership") ------------------------------------------
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_held_counts_monotonic_time_since_the_renewal_whatever_the_wall_clock(make_aws: MakeAws, table: str) -> None:
+    clock, mono, rec = FakeClock(), Monotonic(), Recorder()
+    a = Lease(make_aws(rec), TABLE, emit=rec, clock=clock, owner="a", ttl=TTL, monotonic=mono)
+    assert a.try_acquire() and a.held
+    clock.advance(-3600)  # the wall clock steps back an hour: changes nothing
+    mono.now += 44  # ttl 60, margin 15
+    assert a.held
+    mono.now += 2  # paused (SIGSTOP) past ttl - margin: the fence closes at once, the wall clock unmoved
+    assert not a.held
+    assert rec.leadership() == [True, False]
+
+
+def _aws_with_clock(aws: AwsEnv, emit: Recorder, skew: float) -> tuple[Aws, AwsClock]:
+    """An Aws whose answers feed an AwsClock on a host whose wall clock is ``skew`` seconds off."""
+    session = boto3.session.Session(
+        aws_access_key_id=aws.access_key, aws_secret_access_key=aws.secret_key, region_name=REGION
+    )
+    clock = AwsClock(emit=emit, wall=lambda: time.time() + skew)
+    boundary = Boundary(session, emit, limiter=RateLimiter(1000.0), account="123456789012", clock_sample=clock.observe)
+    return Aws(boundary), clock
+
+
+@pytest.mark.parametrize("skew", [120.0, -120.0])
+def test_a_replica_whose_clock_is_two_minutes_off_reads_aws_time(
+    aws: AwsEnv, moto_environ: None, table: str, skew: float
+) -> None:
+    rec_a, rec_b = Recorder(), Recorder()
+    aws_a, clock_a = _aws_with_clock(aws, rec_a, 0.0)
+    aws_b, clock_b = _aws_with_clock(aws, rec_b, skew)
+    ttl = timedelta(seconds=60)
+    a = Lease(aws_a, TABLE, emit=rec_a, clock=clock_a.checked_now, owner="right", ttl=ttl, monotonic=time.monotonic)
+    b = Lease(aws_b, TABLE, emit=rec_b, clock=clock_b.checked_now, owner="skewed", ttl=ttl, monotonic=time.monotonic)
+    assert a.try_acquire()
+    assert not b.try_acquire(), "the lease is not free in AWS's time"
+    offset = clock_b.reading().offset_seconds
+    assert offset is not None and abs(offset + skew) < 1.5  # measured from the Date headers of the lease calls
+    assert not rec_b.errors()
+    # The same replica reading its own host clock (what the rotator did before) takes a lease that is not
+    # free (+120 s) - or writes one that is already expired (-120 s).
+    host = Lease(aws_b, TABLE, emit=Recorder(), clock=lambda: datetime.now(UTC) + timedelta(seconds=skew), owner="host")
+    if skew > 0:
+        assert host.try_acquire(), "a +120 s host clock takes a lease that is still held"
+    else:
+        a.release()
+        assert host.try_acquire()
+        expires = float(item(aws.client("dynamodb"))["expires"]["N"])
+        assert expires < time.time(), "a -120 s host clock writes a lease that is already expired"
+
+
+def test_the_aws_clock_refuses_until_aws_answered(make_aws: MakeAws, table: str) -> None:
+    rec = Recorder()
+    clock = AwsClock()  # fed by nobody: AWS's time unknown
+    a = Lease(make_aws(rec), TABLE, emit=rec, clock=clock.checked_now, owner="a", monotonic=time.monotonic)
+    assert not a.try_acquire() and not a.held
+    (error,) = rec.errors()
+    assert error.error_type == "ClockError" and "AWS clock unknown" in error.error
+
+
+def test_the_last_sweep_travels_with_the_lease(ddb: Any, make_aws: MakeAws, table: str) -> None:
+    clock = FakeClock()
+    a, _, b, _ = pair(make_aws, clock)
+    assert a.try_acquire() and a.last_sweep is None
+    swept = clock.now - timedelta(minutes=5)
+    a.record_sweep(swept)
+    assert a.try_acquire()
+    assert float(item(ddb)["last_sweep"]["N"]) == swept.timestamp()
+    assert not b.try_acquire() and b.last_sweep == swept  # a standby learns it from the item it reads
+    clock.advance(TTL.total_seconds() + 1)  # a died
+    assert b.try_acquire() and b.last_sweep == swept
+    assert float(item(ddb)["last_sweep"]["N"]) == swept.timestamp()  # carried on by the new leader
+    b.record_sweep(clock.now)
+    assert b.try_acquire() and float(item(ddb)["last_sweep"]["N"]) == clock.now.timestamp()

@@ -86,7 +86,9 @@ def leaf_paths(data: Any, prefix: str = "") -> set[str]:
         (lambda s: (s.metrics.address, s.metrics.port), ("127.0.0.1", 9464)),
         (lambda s: (s.logging.format, s.logging.level), ("json", "info")),
         (lambda s: (s.safety.dry_run, s.safety.max_actions_per_sweep), (False, 100)),
-        (lambda s: (s.aws.max_attempts, s.aws.max_calls_per_second), (8, 10)),
+        (lambda s: (s.aws.max_attempts, s.aws.max_calls_per_second), (8, None)),
+        (lambda s: (s.aws.rates.iam, s.aws.rates.secretsmanager, s.aws.rates.dynamodb), (20, 40, 20)),
+        (lambda s: (s.aws.concurrency, s.aws.parallel_accounts), (32, 4)),
         (lambda s: s.aws.validation_timeout, timedelta(seconds=120)),
         (lambda s: (s.aws.connect_timeout, s.aws.read_timeout), (timedelta(seconds=5), timedelta(seconds=15))),
         (lambda s: s.coordination.lease_table, None),
@@ -787,9 +789,9 @@ def test_cron_override_replaces_the_default_interval(load: Callable[..., Setting
             {"ROTATOR_METRICS__PORT": "99999"},
             "metrics.port: must be an integer between 1 and 65535, got 99999 (from ROTATOR_METRICS__PORT)",
         ),
-        (
+        (  # both by environment: nothing says which one wins (one alone replaces the file's other, issue 15)
             "schedule: {interval: 1h}",
-            {"ROTATOR_SCHEDULE__CRON": "0 3 * * *"},
+            {"ROTATOR_SCHEDULE__CRON": "0 3 * * *", "ROTATOR_SCHEDULE__INTERVAL": "2h"},
             "schedule: set exactly one of interval or cron (from ROTATOR_SCHEDULE__CRON)",
         ),
         ("", {"ROTATOR_ACCOUNTS": "[123]"}, "accounts[0]: must be a string, got 123 (from ROTATOR_ACCOUNTS)"),

@@ -29,6 +29,8 @@ from rotator.model import (
     TAG_PREVIOUS_KEY,
     TAG_PUBLISHED_AT,
     TAG_USER,
+    USER_TAG_ROTATION_KEYS,
+    USER_TAG_ROTATION_STARTED,
     Action,
     KeyStatus,
     version_id_for,
@@ -180,7 +182,8 @@ def test_the_previous_key_is_disabled_after_the_grace_period_then_deleted_after_
 
 
 def test_a_key_created_concurrently_wins_the_slot_and_the_rotation_steps_back() -> None:
-    """IAM's two-key limit decides a race (I8): the loser removes its mark and touches nothing else."""
+    """IAM's two-key limit decides a race (I8): the loser touches nothing else; its intent mark stays (the key
+    that won may be a crashed rotation's, never recorded: the mark lets CloudTrail settle whose it is, I3)."""
     world = World()
     current = published(world)
     world.fake.clock.advance(world.settings.policy.max_key_age + DAY)
@@ -194,7 +197,8 @@ def test_a_key_created_concurrently_wins_the_slot_and_the_rotation_steps_back() 
     assert "key limit reached" in outcome.skipped[0].reason
     assert world.fake.iam.keys(USER) == {current: KeyStatus.ACTIVE, operator[0]: KeyStatus.ACTIVE}
     assert world.current_key() == current
-    assert world.user_tags() == {"rotator": "enabled"}  # the intent mark is gone
+    assert set(world.user_tags()) == {"rotator", USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS}
+    assert world.user_tags()[USER_TAG_ROTATION_KEYS] == current  # the keys before the attempt: not the winner
     assert world.events_of(KeyCreated) == []
     assert len(world.events_of(ActionSkipped)) == 1
 
