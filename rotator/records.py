@@ -65,6 +65,16 @@ class SecretSummary:
     #: ``DeletedDate`` is set: scheduled for deletion (restore or purge it before it is written again).
     deleted: bool = False
 
+    def stage_is_where(self, stage: str, *, to_version: str | None, from_version: str | None) -> bool:
+        """The label already is where ``UpdateSecretVersionStage(to_version, from_version)`` would put it.
+
+        Secrets Manager refuses a move naming a version that no longer holds the label: after another
+        writer's move this says the refused call has nothing left to do.
+        """
+        placed = to_version is None or stage in self.versions.get(to_version, ())
+        removed = from_version is None or from_version == to_version or stage not in self.versions.get(from_version, ())
+        return placed and removed
+
 
 @dataclass(frozen=True)
 class KeyCreation:

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REGION, MotoServer, aws_env, client, free_port  # noqa: F401 - tests import them from here
+from helpers import MUTATING, REGION, MotoServer, aws_env, client, free_port  # noqa: F401 - tests import them from here
 from hypothesis import settings as hypothesis_settings
+
+from rotator.aws import Boundary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,6 +204,21 @@ def signed_moto() -> Iterator[StartSignedMoto]:
     yield start
     for server in servers:
         server.stop()
+
+
+def record_mutating_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The mutating AWS operations this process sends from now on, in order (a list the caller may clear)."""
+    calls: list[str] = []
+    original = Boundary.call
+
+    def call(self: Boundary, service: str, operation: str, client: Any = None, **params: Any) -> Any:
+        result = original(self, service, operation, client, **params)
+        if operation in MUTATING:
+            calls.append(operation)
+        return result
+
+    monkeypatch.setattr(Boundary, "call", call)
+    return calls
 
 
 def user_with_policy(setup: AwsEnv, name: str, document: str) -> tuple[AwsEnv, str]:

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AwsEnv, Proc, assert_no_secrets, crashing, policy_config, through_proxy
-from helpers import MUTATING, MotoServer
+from conftest import AwsEnv, Proc, assert_no_secrets, crashing, policy_config, record_mutating_calls, through_proxy
+from helpers import MotoServer
 
 from rotator.app import App
-from rotator.aws import Boundary
 from rotator.config import load_settings
 from rotator.model import Action
 
@@ -82,16 +81,7 @@ def in_process(moto_environ: None, monkeypatch: pytest.MonkeyPatch) -> InProcess
     Used to set scenarios up and for the final "a further sweep changes nothing" check; the runs
     under test (the crashing one and the first recovery) are real ``rotator`` processes.
     """
-    calls: list[str] = []
-    original = Boundary.call
-
-    def call(self: Boundary, service: str, operation: str, client: Any = None, **params: Any) -> Any:
-        result = original(self, service, operation, client, **params)
-        if operation in MUTATING:
-            calls.append(operation)
-        return result
-
-    monkeypatch.setattr(Boundary, "call", call)
+    calls = record_mutating_calls(monkeypatch)
 
     def run(config: Path) -> list[str]:
         calls.clear()

@@ -15,14 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import AwsEnv, assert_no_secrets, crashing, through_proxy
-from helpers import MUTATING, MotoServer
+from conftest import AwsEnv, assert_no_secrets, crashing, record_mutating_calls, through_proxy
+from helpers import MotoServer
 
 from rotator.app import App
-from rotator.aws import Boundary
 from rotator.config import load_settings
 from rotator.events import Event, EventBus
 
@@ -71,17 +69,7 @@ class Recorder:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.events: list[Event] = []
-        self.calls: list[str] = []
-        original = Boundary.call
-        calls = self.calls
-
-        def call(self: Boundary, service: str, operation: str, client: Any = None, **params: Any) -> Any:
-            result = original(self, service, operation, client, **params)
-            if operation in MUTATING:
-                calls.append(operation)
-            return result
-
-        monkeypatch.setattr(Boundary, "call", call)
+        self.calls = record_mutating_calls(monkeypatch)
 
     def sweep(self, path: Path) -> list[str]:
         self.calls.clear()

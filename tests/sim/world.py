@@ -1556,10 +1556,7 @@ class SimAccount:
             if exc.code != "InvalidParameterException":
                 raise
             summary = self.describe_secret(name)
-            versions = summary.versions if summary is not None else {}
-            placed = to_version is None or stage in versions.get(to_version, ())
-            removed = from_version is None or from_version == to_version or stage not in versions.get(from_version, ())
-            if summary is None or not (placed and removed):
+            if summary is None or not summary.stage_is_where(stage, to_version=to_version, from_version=from_version):
                 raise
             return False
         return True
