@@ -13,7 +13,8 @@ does not (https://github.com/boto/boto3/issues/1252), so the rotator does it at 
 bounds ``aws_time - monotonic`` to ``[date - received, date + 1 - sent]`` (the server stamped it at a moment
 between our send and our receipt, truncated to the second); :class:`AwsClock` intersects the bounds of the
 last answers and reads AWS time as ``monotonic() + midpoint``, so a host clock that jumps (NTP, a
-suspended VM, ``faketime``) changes nothing. When the bounds of a new answer do not meet the others
+suspended VM, ``faketime``) changes nothing; a host clock inside the bounds is read as it is (it is the more
+precise of the two: the bounds are a second wide). When the bounds of a new answer do not meet the others
 (AWS's or the monotonic clock moved), the estimate starts again from that answer.
 
 :meth:`AwsClock.check` refuses (raises :class:`ClockError`) when no answer is recent enough, when the
@@ -104,6 +105,7 @@ class AwsClock:
         self._samples: deque[_Sample] = deque(maxlen=SAMPLES)
         self._low = 0.0
         self._high = 0.0
+        self._anchor = 0.0
         self._reported: float | None = None
 
     # -- fed by the transport ----------------------------------------------------------------------
@@ -129,6 +131,12 @@ class AwsClock:
                 self._samples.append(sample)
                 low, high = sample.low, sample.high
             self._low, self._high = low, high
+            # AWS minus monotonic, fixed at each answer: the host's own reading when the bounds admit it (a Date
+            # header has whole seconds, so the bounds are a second wide and their midpoint up to half a second off,
+            # while an NTP-synchronised host is within milliseconds), else their midpoint. Fixed here, not at each
+            # read, so that a host clock that jumps between answers changes nothing.
+            host = self._wall() - self._monotonic()
+            self._anchor = host if low <= host <= high else (low + high) / 2
             offset = self._offset_locked()
             report = self._reported is None or abs(offset - self._reported) >= REPORT_STEP_SECONDS
             if report:
@@ -147,14 +155,14 @@ class AwsClock:
     # -- reading -------------------------------------------------------------------------------------
 
     def _offset_locked(self) -> float:
-        return self._monotonic() + (self._low + self._high) / 2 - self._wall()
+        return self._monotonic() + self._anchor - self._wall()
 
     def aws_timestamp(self) -> float | None:
         """AWS's time now (epoch seconds), or None before any answer."""
         with self._lock:
             if not self._samples:
                 return None
-            return self._monotonic() + (self._low + self._high) / 2
+            return self._monotonic() + self._anchor
 
     def now(self) -> datetime:
         """AWS's time now; the host's until the first answer (reads only: :meth:`check` guards changes)."""
