@@ -5,7 +5,7 @@ Implements :class:`rotator.ports.OrganizationsPort`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rotator.aws.transport import Boundary
@@ -57,18 +57,7 @@ class OrganizationsAdapter:
 
     def org_accounts_under(self, parent_ids: Sequence[str]) -> list[OrgAccount]:
         """Accounts under the given roots/OUs and every OU nested below them, each once."""
-        seen_parents: set[str] = set()
-        found: dict[str, OrgAccount] = {}
-        todo = list(parent_ids)
-        while todo:
-            parent = todo.pop(0)
-            if parent in seen_parents:
-                continue
-            seen_parents.add(parent)
-            for account in self.org_accounts_for_parent(parent):
-                found.setdefault(account.account_id, account)
-            todo.extend(self.org_child_ous(parent))
-        return list(found.values())
+        return accounts_under(parent_ids, self.org_accounts_for_parent, self.org_child_ous)
 
     def _org_account_pages(self, operation: str, **params: Any) -> list[OrgAccount]:
         out: list[OrgAccount] = []
@@ -90,3 +79,23 @@ if TYPE_CHECKING:
 
     def _implements(adapter: OrganizationsAdapter) -> OrganizationsPort:
         return adapter  # mypy proves the adapter implements its port
+
+
+def accounts_under(
+    parent_ids: Sequence[str],
+    accounts_for_parent: Callable[[str], list[OrgAccount]],
+    child_ous: Callable[[str], list[str]],
+) -> list[OrgAccount]:
+    """Breadth-first over roots/OUs: the accounts directly under each parent, then its child OUs; each once."""
+    seen_parents: set[str] = set()
+    found: dict[str, OrgAccount] = {}
+    todo = list(parent_ids)
+    while todo:
+        parent = todo.pop(0)
+        if parent in seen_parents:
+            continue
+        seen_parents.add(parent)
+        for account in accounts_for_parent(parent):
+            found.setdefault(account.account_id, account)
+        todo.extend(child_ous(parent))
+    return list(found.values())

@@ -49,6 +49,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from rotator.aws.errors import _ERRORS as ERROR_CLASSES  # the boundary's own map: no drift
+from rotator.aws.organizations import accounts_under  # the adapter's own walk over the modelled pages
 from rotator.errors import AwsError, ThrottledError, UnreachableError
 from rotator.model import AWSCURRENT, AWSPREVIOUS, AccessKey, KeyStatus, NewKey, SecretText
 from rotator.records import (
@@ -1657,27 +1658,23 @@ class SimOrganizations:
             if parent not in w._org_accounts:
                 raise _Refused("ParentNotFoundException", f"parent {parent} not found", 404)
 
-        seen: set[str] = set()
-        found: dict[str, OrgAccount] = {}
-        todo = list(parent_ids)
-        while todo:
-            parent = todo.pop(0)
-            if parent in seen:
-                continue
-            seen.add(parent)
-
-            def accounts_of(parent: str = parent) -> list[OrgAccount]:
+        def accounts_for_parent(parent: str) -> list[OrgAccount]:
+            def read() -> list[OrgAccount]:
                 known(parent)
                 return list(w._org_accounts[parent])
 
-            def children_of(parent: str = parent) -> list[str]:
+            result: list[OrgAccount] = w.call(self.actor, "organizations", "ListAccountsForParent", read)
+            return result
+
+        def child_ous(parent: str) -> list[str]:
+            def read() -> list[str]:
                 known(parent)
                 return list(w._org_children.get(parent, []))
 
-            for account in w.call(self.actor, "organizations", "ListAccountsForParent", accounts_of):
-                found.setdefault(account.account_id, account)
-            todo.extend(w.call(self.actor, "organizations", "ListChildren", children_of))
-        return list(found.values())
+            result: list[str] = w.call(self.actor, "organizations", "ListChildren", read)
+            return result
+
+        return accounts_under(parent_ids, accounts_for_parent, child_ous)
 
 
 if TYPE_CHECKING:
