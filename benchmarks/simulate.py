@@ -119,9 +119,8 @@ MUTANTS = (
     Mutant(
         "leak a secret into an event",
         "rotation.py",
-        "key_id=key.key_id, sweep_id=self.sweep_id))\n        try:\n            self.recorder.tag_user(",
-        "key_id=key.key_id, sweep_id=key.secret_access_key.reveal()))\n        try:\n"
-        "            self.recorder.tag_user(",
+        "key_id=key.key_id, sweep_id=self.sweep_id))\n        if on_secret:\n",
+        "key_id=key.key_id, sweep_id=key.secret_access_key.reveal()))\n        if on_secret:\n",
         "a secret access key in an event (and so in the log pipeline) (I7)",
     ),
     Mutant(
@@ -150,7 +149,7 @@ MUTANTS = (
         "defect found by the simulation: loser removes the intent mark",
         "rotation.py",
         "            if isinstance(exc, LimitExceededError):\n                # Another key took the slot",
-        "            self.untag(state, list(intent))\n"
+        "            self.clear_marks(state, None, on_secret=on_secret)\n"
         "            if isinstance(exc, LimitExceededError):\n                # Another key took the slot",
         "the fix of the defect the simulation found (seed 32): reverted, a crashed rotation's key is orphaned",
     ),

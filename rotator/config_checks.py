@@ -97,8 +97,17 @@ def check_globs(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+_SECRET_TAGS_FREE = 35
+
+
 def check_secret_tags(value: dict[str, str]) -> dict[str, str]:
     """``secrets.tags``."""
+    # Secrets Manager allows 50 tags a secret; the rotator's own records and intent mark take up to 15.
+    if len(value) > _SECRET_TAGS_FREE:
+        raise ValueError(
+            f"at most {_SECRET_TAGS_FREE} tags ({len(value)} given): Secrets Manager allows 50 a secret "
+            "and the rotator's records take 15"
+        )
     for key, tag_value in value.items():
         # rotator:* tags carry the rotation state; letting configuration set them would corrupt it.
         if key.lower().startswith(("rotator:", "aws:")):

@@ -47,6 +47,7 @@ from rotator.inventory import Inventory
 from rotator.model import (
     AWSCURRENT,
     AWSPENDING,
+    MARK_TAGS,
     TAG_CURRENT_CREATED,
     TAG_CURRENT_KEY,
     TAG_DELETED_KEY,
@@ -58,15 +59,12 @@ from rotator.model import (
     TAG_QUARANTINE_AT,
     TAG_QUARANTINE_KEYS,
     TAG_QUARANTINE_POLICIES,
-    USER_TAG_ROTATION_KEYS,
-    USER_TAG_ROTATION_STARTED,
     Action,
     KeyStatus,
     QuarantineMode,
     Step,
     UserPlan,
     UserState,
-    own_tag,
     version_id_for,
 )
 from rotator.policy import decide_forced, plan_user
@@ -406,7 +404,7 @@ class Executor:
                 self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version_id_for(step.key_id))
             self._delete(state, step.key_id)
             self.emit(OrphanDeleted(**self._ctx(step), reason=step.reason))
-            self.rotation.untag(state, [own_tag(step.key_id), USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS])
+            self.rotation.clear_marks(state, step.key_id, on_secret=any(m.on_secret for m in state.intent_marks))
         return state
 
     # -- the steps --------------------------------------------------------------------------------
@@ -499,8 +497,11 @@ class Executor:
                         account=state.account, user=state.user, key_id=None, record="quarantine response finished"
                     )
                 )
-            if needed.stale_user_tags:
-                self.aws.untag_user(state.user, list(needed.stale_user_tags))
+            if needed.stale_user_tags or needed.stale_secret_mark:
+                if needed.stale_user_tags:
+                    self.aws.untag_user(state.user, list(needed.stale_user_tags))
+                if needed.stale_secret_mark:
+                    self.aws.tag_secret(state.secret.name, dict.fromkeys(MARK_TAGS, ""))
                 self.emit(
                     RecordRepaired(
                         account=state.account, user=state.user, key_id=None, record="stale rotation tags removed"

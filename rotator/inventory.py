@@ -47,6 +47,7 @@ from rotator.model import (
     USER_TAG_ROTATION_KEYS,
     USER_TAG_ROTATION_STARTED,
     AccessKey,
+    GuardMode,
     KeyStatus,
     QuarantineMode,
     SecretState,
@@ -109,7 +110,7 @@ def changed_since(generated: datetime | None, detail: UserDetail, summary: Secre
     """Whether fresher bulk data says the credential report may be stale for this user.
 
     IAM serves a report up to 4 hours old. Its row is trusted for a user only when nothing read in the
-    same sweep is newer: the user's in-flight tags (a rotation may have created a key since), the
+    same sweep is newer: an intent mark or ownership record (a rotation may have created a key since), the
     secret's last change (stages, values and tags: a rotation, a disable or a delete recorded there),
     and the rotator's own timestamp tags. A change made outside the rotator and invisible here (an
     operator disabling the current key) shows once IAM regenerates the report: within 4 hours plus one
@@ -121,6 +122,8 @@ def changed_since(generated: datetime | None, detail: UserDetail, summary: Secre
         return True
     if summary is None:
         return False
+    if summary.tags.get(USER_TAG_ROTATION_STARTED):
+        return True  # a rotation's intent mark (on the secret): a key may have been created since
     stamps = [summary.last_changed]
     stamps += [_parse_time(summary.tags.get(tag)) for tag in (TAG_PUBLISHED_AT, TAG_DISABLED_AT)]
     return any(stamp is not None and _aware(stamp) >= generated for stamp in stamps)
@@ -198,11 +201,13 @@ class Inventory:
         if summary is not None:
             current_version = next((v for v, stages in summary.versions.items() if AWSCURRENT in stages), None)
         fresh: list[AccessKey] = []
+        guard_asks = self.settings.policy.disable_guard is not GuardMode.IGNORE
         for key in keys:
             use = KeyLastUsed()
             # The guard's question (who still uses it?) is only ever asked of a previous key, which needs a
-            # secret whose AWSCURRENT holds its successor: without a secret (a bootstrap) nobody asks it.
-            if key.active and summary is not None and version_id_for(key.key_id) != current_version:
+            # secret whose AWSCURRENT holds its successor: without a secret (a bootstrap) nobody asks it,
+            # and with ``disable_guard: ignore`` nobody at all.
+            if guard_asks and key.active and summary is not None and version_id_for(key.key_id) != current_version:
                 use = self.aws.key_last_used(key.key_id)
             fresh.append(replace(key, last_used=use.at, last_used_service=use.service, last_used_region=use.region))
         secret = self._secret_state(name, summary, fresh)

@@ -41,10 +41,14 @@ TAG_USER = "rotator:user"
 #: The intent mark, written before CreateAccessKey: a rotation of this user may be creating a key. It
 #: proves nothing about whose a key is (an operator may create one in the same minute); it only makes
 #: an unrecorded key created near it a *candidate* orphan, whose creator CloudTrail may still prove.
+#: A rotation writes it on the user's secret (Secrets Manager's rate, not IAM's; an empty value is no
+#: mark), a bootstrap on the user (there is no secret yet): the same two tag names in either place.
 USER_TAG_ROTATION_STARTED = "rotator:rotation-started"
 #: Written with the mark: the (space-separated) ids of the keys that existed before CreateAccessKey.
 #: None of them can be the rotation's orphan, however close its CreateDate is to the mark.
 USER_TAG_ROTATION_KEYS = "rotator:rotation-keys"
+#: The intent mark's tags (on the user or on the secret).
+MARK_TAGS = (USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS)
 #: The ownership record, written right after CreateAccessKey returned: ``rotator:own:<key id>=<time>``.
 #: One tag per key, so two runs never overwrite each other's proof; removed when the key is published
 #: or withdrawn. This (or a secret version holding the key, or CloudTrail) is the only proof of ownership.
@@ -291,6 +295,23 @@ class QuarantineResponse:
 
 
 @dataclass(frozen=True)
+class IntentMark:
+    """A rotation may be creating a key: when it started and which keys existed then (``MARK_TAGS``)."""
+
+    started: datetime
+    keys: frozenset[str]
+    #: Written on the secret (a rotation) rather than on the user (a bootstrap).
+    on_secret: bool
+
+    @classmethod
+    def read(cls, tags: Mapping[str, str], *, on_secret: bool) -> IntentMark | None:
+        started = parse_instant(tags.get(USER_TAG_ROTATION_STARTED) or None)
+        if started is None:
+            return None
+        return cls(started, frozenset(tags.get(USER_TAG_ROTATION_KEYS, "").split()), on_secret)
+
+
+@dataclass(frozen=True)
 class UserState:
     """Everything the policy needs to know about one managed user, read at one moment."""
 
@@ -321,8 +342,12 @@ class UserState:
         return None
 
     @property
-    def rotation_started(self) -> datetime | None:
-        return parse_instant(self.tags.get(USER_TAG_ROTATION_STARTED))
+    def intent_marks(self) -> tuple[IntentMark, ...]:
+        """The intent marks in force: a bootstrap's on the user, a rotation's on the secret."""
+        found = [IntentMark.read(self.tags, on_secret=False)]
+        if self.secret.exists:
+            found.append(IntentMark.read(self.secret.tags, on_secret=True))
+        return tuple(mark for mark in found if mark is not None)
 
     @property
     def recorded_own_keys(self) -> frozenset[str]:
@@ -427,6 +452,8 @@ class RepairNeeded:
     disabled_key: str | None = None
     #: User tags a finished or abandoned rotation left behind (its answer lost, or a crash).
     stale_user_tags: tuple[str, ...] = ()
+    #: The intent mark a finished or abandoned rotation left on the secret (cleared by empty values).
+    stale_secret_mark: bool = False
     #: A quarantine record whose quarantine is over (no policy attached) and whose exposed keys are all
     #: gone: removed, so that a later quarantine is answered as a new one.
     quarantine_record_done: bool = False
@@ -437,6 +464,7 @@ class RepairNeeded:
             self.published_key is not None
             or self.disabled_key is not None
             or bool(self.stale_user_tags)
+            or self.stale_secret_mark
             or self.quarantine_record_done
         )
 

@@ -14,8 +14,7 @@ from datetime import datetime, timedelta
 from rotator.durations import format_duration
 from rotator.errors import UserError
 from rotator.model import (
-    USER_TAG_ROTATION_KEYS,
-    USER_TAG_ROTATION_STARTED,
+    MARK_TAGS,
     AccessKey,
     Action,
     EffectivePolicy,
@@ -530,14 +529,16 @@ def repairs_needed(
 
     Timestamps are recorded as "now". Stale user tags are removed: an ownership record of a key a secret
     version now holds, or of a key gone for longer than the in-flight window (a stale record would
-    condemn a key as an orphan if its secret were ever purged), and an intent mark older than the
-    window when nothing is in flight (it would make an operator's later key look like a candidate).
+    condemn a key as an orphan if its secret were ever purged), and an intent mark (on the user or the
+    secret) older than the window when nothing is in flight (it would make an operator's later key look
+    like a candidate).
     """
     secret = state.secret
     if secret.exists and not secret.managed:
         return RepairNeeded()
     roles = roles or classify(state, policy)
     stale: list[str] = []
+    secret_mark = False
     if now is not None:
         window = policy.in_flight_window
         referenced = secret.referenced_keys if secret.exists else frozenset()
@@ -546,10 +547,13 @@ def repairs_needed(
             gone = state.key(key_id) is None and (recorded is None or now >= after(recorded, window))
             if key_id in referenced or gone:
                 stale.append(own_tag(key_id))
-        started = state.rotation_started
         settled = not (roles.orphans or roles.unproven or roles.pending) and len(stale) == len(state.recorded_own_keys)
-        if started is not None and now >= after(started, window) and settled:
-            stale += [t for t in (USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS) if t in state.tags]
+        for mark in state.intent_marks if settled else ():
+            if now >= after(mark.started, window):
+                if mark.on_secret:
+                    secret_mark = not secret.deleted  # a secret scheduled for deletion takes no tags
+                else:
+                    stale += [t for t in MARK_TAGS if t in state.tags]
     record = secret.quarantine_record
     done = (
         record is not None
@@ -557,13 +561,17 @@ def repairs_needed(
         and not any(state.key(key_id) is not None for key_id in record.key_ids)
     )
     if not secret.exists or roles.current is None or roles.previous is None:
-        return RepairNeeded(stale_user_tags=tuple(stale), quarantine_record_done=done)
+        return RepairNeeded(stale_user_tags=tuple(stale), stale_secret_mark=secret_mark, quarantine_record_done=done)
     published = None if secret.published_at(roles.current.key_id) else roles.current.key_id
     disabled = None
     if not roles.previous.active and secret.disabled_at(roles.previous.key_id) is None:
         disabled = roles.previous.key_id
     return RepairNeeded(
-        published_key=published, disabled_key=disabled, stale_user_tags=tuple(stale), quarantine_record_done=done
+        published_key=published,
+        disabled_key=disabled,
+        stale_user_tags=tuple(stale),
+        stale_secret_mark=secret_mark,
+        quarantine_record_done=done,
     )
 
 

@@ -27,7 +27,6 @@ from rotator.model import (
     AWSPREVIOUS,
     TAG_CURRENT_KEY,
     TAG_PREVIOUS_KEY,
-    USER_TAG_ROTATION_KEYS,
     AccessKey,
     EffectivePolicy,
     KeyRoles,
@@ -75,7 +74,7 @@ def ownership_candidates(state: UserState, validation_timeout: timedelta) -> tup
 
     Only a user with an intent mark can have any, so for every other user this costs nothing.
     """
-    if state.rotation_started is None:
+    if not state.intent_marks:
         return ()
     durations_unused = timedelta(0)  # classification depends on validation_timeout alone
     probe = EffectivePolicy(durations_unused, durations_unused, durations_unused, validation_timeout=validation_timeout)
@@ -101,24 +100,35 @@ def is_ownership_candidate(key: AccessKey, state: UserState, policy: EffectivePo
     """
     if key.key_id in state.creators:
         return False  # CloudTrail named another creator (the rotator's would have proven it above)
-    started = state.rotation_started
-    if started is None:
-        return False
-    # A key that already existed when the mark was written is not the rotation's own, however
+    # A key that already existed when a mark was written is not that rotation's own, however
     # close its CreateDate lies to the mark (the window is symmetric for clock skew).
-    if key.key_id in state.tags.get(USER_TAG_ROTATION_KEYS, "").split():
-        return False
-    return abs(key.created - started) <= policy.validation_timeout
+    return any(
+        key.key_id not in mark.keys and abs(key.created - mark.started) <= policy.validation_timeout
+        for mark in state.intent_marks
+    )
 
 
 #: IAM's limit of tags per user.
 IAM_USER_TAG_LIMIT = 50
-#: Tags a rotation writes on the user: the intent mark (2) and its key's ownership record (1).
+#: Tags a bootstrap writes on the user: the intent mark (2) and its key's ownership record (1).
 ROTATION_TAGS = 3
+#: Secrets Manager's limit of tags per secret.
+SECRET_TAG_LIMIT = 50
+#: The most ``rotator:`` tags a secret carries: managed, user, current and previous key with their dates,
+#: published-at, disabled key and time, deleted key, the quarantine record (3) and the intent mark (2).
+SECRET_ROTATOR_TAGS = 15
 
 
 def tag_room_problem(state: UserState) -> str | None:
-    """Why the user has no room for a rotation's tags, or None."""
+    """Why the user (a bootstrap) or its secret (a rotation) has no room for a rotation's tags, or None."""
+    if state.secret.exists:
+        others = len([t for t in state.secret.tags if not t.startswith("rotator:")])
+        if others + SECRET_ROTATOR_TAGS <= SECRET_TAG_LIMIT:
+            return None
+        return (
+            f"secret {state.secret.name} has {others} tags of its own; the rotator needs {SECRET_ROTATOR_TAGS} "
+            f"of Secrets Manager's {SECRET_TAG_LIMIT} (its records and intent mark): remove some"
+        )
     others = len([t for t in state.tags if t not in state.in_flight_tags])
     if others + ROTATION_TAGS <= IAM_USER_TAG_LIMIT:
         return None

@@ -5,14 +5,14 @@ as ``docs/design.md`` ("A rotation, call by call") lists them, crash-safe and sa
 
 Rotation (secret exists)::
 
-    tag user rotation-started -> CreateAccessKey -> PutSecretValue(AWSPENDING, token=uuid5(key))
+    tag secret rotation-started -> CreateAccessKey -> PutSecretValue(AWSPENDING, token=uuid5(key))
       -> validate (sts:GetCallerIdentity signed with the new key) -> move AWSCURRENT (AWSPREVIOUS
-      follows) -> remove AWSPENDING -> tag secret (current/previous ids, published-at) -> untag user
+      follows) -> remove AWSPENDING -> tag secret (current/previous ids, published-at, mark cleared)
 
 Bootstrap (no secret; a first version is always AWSCURRENT, so validate *before* storing)::
 
-    tag user -> CreateAccessKey -> validate -> CreateSecret(token=uuid5(key), tags name the
-      previous key) -> tag secret published-at -> untag user
+    tag user rotation-started -> CreateAccessKey -> tag user own:<key> -> validate
+      -> CreateSecret(token=uuid5(key), tags name the previous key) -> tag secret published-at -> untag user
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from rotator.events import Event, KeyCreated, KeyPublished, KeyWithdrawn, Valida
 from rotator.model import (
     AWSCURRENT,
     AWSPENDING,
+    MARK_TAGS,
     TAG_CURRENT_CREATED,
     TAG_CURRENT_KEY,
     TAG_MANAGED,
@@ -107,19 +108,26 @@ class Rotation:
         self.sweep_id = sweep_id
 
     def _start(self, state: UserState) -> NewKey:
-        """Intent mark, CreateAccessKey, ownership record: the three calls that make a key ours.
+        """Intent mark, CreateAccessKey, ownership record: the calls that make a key ours.
 
         The intent mark proves nothing (docs/design.md, "Ownership"); it only lets a key whose record
         was never written (a crash or a lost answer in between) be found again and settled from
-        CloudTrail. The record ``rotator:own:<key id>`` is the proof, written the moment the id is known.
+        CloudTrail. A rotation writes the mark on the secret (one Secrets Manager call: IAM's rate is the
+        scarce one) and its record is the ``AWSPENDING`` version it writes next (:meth:`_put_pending`,
+        version id ``uuid5(key id)``). A bootstrap has no secret until its key validated, so it marks the
+        user and records the key there (``rotator:own:<key id>``) the moment the id is known.
         """
         no_room = tag_room_problem(state)
         if no_room is not None:  # the policy says so first; this is defence in depth
             raise UserError(state.user, no_room)
+        on_secret = state.secret.exists
         existing = " ".join(sorted(k.key_id for k in state.keys))
         intent = {USER_TAG_ROTATION_STARTED: iso(self.clock()), USER_TAG_ROTATION_KEYS: existing}
         try:
-            self.aws.tag_user(state.user, intent)
+            if on_secret:
+                self.aws.tag_secret(state.secret.name, intent)
+            else:
+                self.aws.tag_user(state.user, intent)
         except LimitExceededError as exc:
             raise UserError(state.user, f"cannot write the rotation mark: {exc}") from exc
         try:
@@ -145,9 +153,11 @@ class Rotation:
                     f"{state.user}: key limit reached: another key appeared since the re-read; not rotated"
                 ) from exc
             # AWS did not act: the mark must not outlive the attempt (it proves nothing about later keys).
-            self.untag(state, list(intent))
+            self.clear_marks(state, None, on_secret=on_secret)
             raise
         self.emit(KeyCreated(account=state.account, user=state.user, key_id=key.key_id, sweep_id=self.sweep_id))
+        if on_secret:
+            return key  # recorded by its AWSPENDING version, written next
         try:
             self.recorder.tag_user(state.user, {own_tag(key.key_id): iso(key.created)})
         except AwsError as exc:
@@ -164,12 +174,22 @@ class Rotation:
         except NotFoundError:
             pass
         except AwsError:
-            return  # its ownership record stays: the first sweep after the in-flight window cleans it
+            return  # its record (or its mark) stays: the first sweep after the in-flight window cleans it
         self.emit(
             KeyWithdrawn(account=state.account, user=state.user, key_id=key_id, sweep_id=self.sweep_id, reason=why)
         )
         # The attempt is over: neither its record nor its intent mark may speak for keys created later.
-        self.untag(state, [own_tag(key_id), USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS])
+        self.clear_marks(state, key_id, on_secret=state.secret.exists)
+
+    def clear_marks(self, state: UserState, key_id: str | None, *, on_secret: bool) -> None:
+        """Remove an attempt's intent mark (and on the user its key's record); best effort."""
+        try:
+            if on_secret:
+                self.aws.tag_secret(state.secret.name, dict.fromkeys(MARK_TAGS, ""))
+            if not on_secret or state.in_flight_tags:
+                self.aws.untag_user(state.user, [*([own_tag(key_id)] if key_id else []), *MARK_TAGS])
+        except AwsError:
+            return  # a stale record of a deleted key, or a stale mark, only costs a report line
 
     def untag(self, state: UserState, tags: list[str]) -> None:
         try:
@@ -270,7 +290,9 @@ class Rotation:
 
     def _put_pending(self, state: UserState, key: NewKey, document: SecretText, version: str) -> None:
         try:
-            self.aws.put_secret_value(state.secret.name, document, version, [AWSPENDING])
+            # The new key's record, so past any guard (like a bootstrap's record on the user): AWSPENDING is
+            # read by no consumer, and IAM's two-key limit leaves no other run a pending key to displace.
+            self.recorder.put_secret_value(state.secret.name, document, version, [AWSPENDING])
         except AwsError as exc:
             # Never simply repeated: moto moves AWSCURRENT on a repeated token, and a lost answer may
             # mean it is stored. Stored -> carry on; not stored -> the key is withdrawn at once.
@@ -306,10 +328,12 @@ class Rotation:
             raise ConcurrentlyDone(f"{state.user}: a concurrent run published {key.key_id}")
         # (Not moved on a fresh rotation: our own move went through and its answer was lost - nobody
         # else publishes a key of ours within its validation_timeout - so the publication is ours.)
-        # The secret holds the key now: its ownership record must not outlive that (were the secret
+        # The secret holds the key now: a record on the user must not outlive that (were the secret
         # purged, a stale record would condemn the published key as an orphan). A crash right here
-        # leaves it for the next sweep's repair.
-        self._finish(state, key.key_id)
+        # leaves it for the next sweep's repair. (A rotation of this version has none: its mark, on the
+        # secret, goes with the tags below.)
+        if state.in_flight_tags:
+            self._finish(state, key.key_id)
         # A concurrent run's repair may remove AWSPENDING first (it saw what a crash here leaves):
         # move_stage then reports the goal as already met, and the publication is finished anyway.
         self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version)
@@ -319,6 +343,7 @@ class Rotation:
         # Publication time is written after the stage moved: a crash in between leaves no record and
         # the repair records a later time, so the grace period can only grow (I5).
         tags[TAG_PUBLISHED_AT] = iso(self.clock())
+        tags.update(dict.fromkeys(MARK_TAGS, ""))  # the intent mark has done its work
         self.emit(
             KeyPublished(
                 account=state.account,
@@ -349,7 +374,7 @@ class Rotation:
 
     def _finish(self, state: UserState, key_id: str) -> None:
         # The secret now holds the key: its ownership record and the intent mark have done their work.
-        self.untag(state, [own_tag(key_id), USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS])
+        self.untag(state, [own_tag(key_id), *MARK_TAGS])
 
     def _abandon(self, state: UserState, key_id: str, version: str) -> None:
         """A new key that never validated: unlabel its version and delete it (best effort)."""

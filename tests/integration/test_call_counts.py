@@ -27,8 +27,9 @@ pytestmark = pytest.mark.timeout(120)
 #: disable <= 3, delete <= 3).
 CEILINGS = {
     "bootstrap": (10, 6),  # 11 (7 IAM) before issue 12: no GetAccessKeyLastUsed without a secret
-    "rotation": (12, 6),
-    "disable": (6, 4),
+    # 12 (6 IAM) before the intent mark moved to the secret and the AWSPENDING version became the record
+    "rotation": (10, 3),
+    "disable": (5, 3),  # 6 (4 IAM) before: no GetAccessKeyLastUsed when disable_guard is ignore (as here)
     "delete": (5, 3),
 }
 

@@ -36,14 +36,12 @@ SETUP_TIMEOUT = 30
 DOCUMENT_FIELDS = {"Version", "AccessKeyId", "SecretAccessKey", "UserName", "CreateDate"}
 
 ROTATION = (
-    "TagUser",  # intent mark (rotation-started, rotation-keys)
+    "TagResource",  # intent mark on the secret (rotation-started, rotation-keys)
     "CreateAccessKey",
-    "TagUser",  # ownership record rotator:own:<new key>
-    "PutSecretValue",  # AWSPENDING
+    "PutSecretValue",  # AWSPENDING: the new key's record
     "UpdateSecretVersionStage",  # AWSCURRENT onto the new version
-    "UntagUser",  # the secret holds the key now: record and mark removed
     "UpdateSecretVersionStage",  # AWSPENDING removed
-    "TagResource",  # current/previous ids, published-at
+    "TagResource",  # current/previous ids, published-at; the mark cleared
 )
 BOOTSTRAP = ("TagUser", "CreateAccessKey", "TagUser", "CreateSecret", "UntagUser", "TagResource")
 DISABLE = ("UpdateAccessKey", "TagResource")

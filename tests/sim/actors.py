@@ -214,6 +214,8 @@ def operator(sim: Sim, name: str) -> Body:
             mine = [k for k in mine if k.key_id not in sim.monitor.adopted | sim.initial_keys]
             roll = rng.random()
             sim.sched.hook(name, "operator:act")
+            if sim.calm:
+                continue  # the calm phase began while this actor waited at its hook: calm_down tidied already
             if roll < 0.25:
                 made = world.operator_create_key(user)
                 sim.note(f"operator: create key for {user}: {made.key_id if made else 'refused'}")

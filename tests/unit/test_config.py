@@ -378,6 +378,10 @@ def test_aws_timeouts_from_the_environment(load: Callable[..., Settings]) -> Non
             "secrets: {tags: {'rotator:managed': 'false'}}",
             "secrets.tags: tag key 'rotator:managed' uses a reserved",
         ),
+        (
+            "secrets: {tags: {" + ", ".join(f"t{i}: v" for i in range(36)) + "}}",
+            "secrets.tags: at most 35 tags (36 given): Secrets Manager allows 50",
+        ),
         ("secrets: {replica_regions: [mars]}", "secrets.replica_regions: 'mars' is not an AWS region name"),
         ("secrets: {kms_key_id: ''}", "secrets.kms_key_id: must be at least 1 character"),
         (

@@ -139,14 +139,12 @@ def test_an_old_key_is_rotated_through_awspending_and_the_old_version_becomes_pr
 
     assert [step.action for step in outcome.done] == [Action.ROTATE]
     assert world.mutations() == [
-        "iam:TagUser",
+        "secretsmanager:TagResource",  # the intent mark, on the secret: IAM's rate is the scarce one
         "iam:CreateAccessKey",
-        "iam:TagUser",
-        "secretsmanager:PutSecretValue",  # AWSPENDING
+        "secretsmanager:PutSecretValue",  # AWSPENDING: the new key's record
         "secretsmanager:UpdateSecretVersionStage",  # AWSCURRENT -> the new version
-        "iam:UntagUser",
         "secretsmanager:UpdateSecretVersionStage",  # AWSPENDING removed
-        "secretsmanager:TagResource",
+        "secretsmanager:TagResource",  # publication records; the mark cleared
     ]
     new = world.current_key()
     assert world.fake.secrets.stages(SECRET) == {
@@ -156,6 +154,8 @@ def test_an_old_key_is_rotated_through_awspending_and_the_old_version_becomes_pr
     assert world.fake.iam.keys(USER) == {old: KeyStatus.ACTIVE, new: KeyStatus.ACTIVE}
     assert world.fake.secrets.store[SECRET].tags[TAG_PREVIOUS_KEY] == old
     assert world.user_tags() == {"rotator": "enabled"}
+    mark = {t: world.fake.secrets.store[SECRET].tags[t] for t in (USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS)}
+    assert mark == {USER_TAG_ROTATION_STARTED: "", USER_TAG_ROTATION_KEYS: ""}  # cleared by the publication
 
 
 def test_the_previous_key_is_disabled_after_the_grace_period_then_deleted_after_retention() -> None:
@@ -197,8 +197,10 @@ def test_a_key_created_concurrently_wins_the_slot_and_the_rotation_steps_back() 
     assert "key limit reached" in outcome.skipped[0].reason
     assert world.fake.iam.keys(USER) == {current: KeyStatus.ACTIVE, operator[0]: KeyStatus.ACTIVE}
     assert world.current_key() == current
-    assert set(world.user_tags()) == {"rotator", USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS}
-    assert world.user_tags()[USER_TAG_ROTATION_KEYS] == current  # the keys before the attempt: not the winner
+    assert set(world.user_tags()) == {"rotator"}
+    secret_tags = world.fake.secrets.store[SECRET].tags  # a rotation marks the secret
+    assert secret_tags[USER_TAG_ROTATION_STARTED]
+    assert secret_tags[USER_TAG_ROTATION_KEYS] == current  # the keys before the attempt: not the winner
     assert world.events_of(KeyCreated) == []
     assert len(world.events_of(ActionSkipped)) == 1
 

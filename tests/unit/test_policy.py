@@ -9,7 +9,7 @@ clock positions.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -42,9 +42,11 @@ from rotator.model import (
     UserPlan,
     UserState,
     own_tag,
+    parse_instant,
     version_id_for,
 )
 from rotator.policy import classify, decide, decide_forced, repairs_needed
+from rotator.roles import tag_room_problem
 
 # -- building blocks ------------------------------------------------------------------------------
 
@@ -1539,18 +1541,25 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             deleted=draw(st.integers(0, 39)) == 0,
         )
 
-    user_tags: dict[str, str] = {}
-    if not often(6):
+    def intent_mark(into: dict[str, str]) -> None:
         if keys and often(5):
             # Seconds apart (a run's own key, or an operator's made in the same minute), or minutes.
             skew = draw(st.integers(-2, 2)) if often(5) else draw(st.integers(-300, 300))
             near = draw(st.sampled_from(keys)).created + timedelta(seconds=skew)
-            user_tags[USER_TAG_ROTATION_STARTED] = near.isoformat()
+            into[USER_TAG_ROTATION_STARTED] = near.isoformat()
         else:
-            user_tags[USER_TAG_ROTATION_STARTED] = stamp()
+            into[USER_TAG_ROTATION_STARTED] = stamp()
         if often(5):
             # Newer runs also name the keys that existed before their CreateAccessKey.
-            user_tags[USER_TAG_ROTATION_KEYS] = " ".join(k.key_id for k in keys if often(5))
+            into[USER_TAG_ROTATION_KEYS] = " ".join(k.key_id for k in keys if often(5))
+
+    user_tags: dict[str, str] = {}
+    if not often(6):
+        intent_mark(user_tags)  # a bootstrap's mark (or an older release's rotation)
+    if state_secret.exists and not often(6):
+        secret_tags = dict(state_secret.tags)
+        intent_mark(secret_tags)  # a rotation's mark, on the secret
+        state_secret = replace(state_secret, tags=secret_tags)
     # Ownership records: a run's new key, a published key's record a crash left behind, a deleted key's.
     user_tags.update({own_tag(key_id): stamp() for key_id in ids if often(2)})
     # CloudTrail's verdict on some keys (the inventory asks only for unproven ones; any may carry one).
@@ -1627,16 +1636,23 @@ def provable_orphan(state: UserState, candidate: AccessKey) -> bool:
 def ownership_candidate(state: UserState, policy_: EffectivePolicy, candidate: AccessKey) -> bool:
     """Unreferenced, unproven, active, without CloudTrail verdict, created near the mark and not listed
     by it as pre-existing: perhaps the rotator's key whose record a crash lost (SPEC I9: reported)."""
-    mark = state.rotation_started
-    existed_before_mark = state.tags.get(USER_TAG_ROTATION_KEYS, "").split()
+    # A bootstrap marks the user, a rotation the secret: the same two tags in either place.
+    places = [state.tags, *([state.secret.tags] if state.secret.exists else [])]
+    near_a_mark = False
+    for tags in places:
+        mark = parse_instant(tags.get(USER_TAG_ROTATION_STARTED) or None)
+        existed_before_mark = tags.get(USER_TAG_ROTATION_KEYS, "").split()
+        near_a_mark |= (
+            mark is not None
+            and candidate.key_id not in existed_before_mark
+            and abs(candidate.created - mark) <= policy_.validation_timeout
+        )
     return (
         candidate.active
         and unreferenced(state, candidate)
         and not proven_own(state, candidate)
         and candidate.key_id not in state.creators
-        and mark is not None
-        and candidate.key_id not in existed_before_mark
-        and abs(candidate.created - mark) <= policy_.validation_timeout
+        and near_a_mark
     )
 
 
@@ -1894,3 +1910,21 @@ def test_forced_plans_are_safe_or_refused(scenario: Scenario, revoke: bool) -> N
     assert all(s.action in {Action.ROTATE, Action.DELETE, Action.CLEANUP} for s in plan.steps)
     previous = tracked_previous_id(scenario.state)
     assert revoke or previous is None or all(s.key_id != previous for s in plan.steps)
+
+
+def test_a_rotation_needs_room_on_the_secret_and_a_bootstrap_on_the_user() -> None:
+    """A rotation writes its intent mark on the secret (Secrets Manager's 50 tags, 15 of them the rotator's), a
+    bootstrap its mark and record on the user (IAM's 50 tags, 3 of them): each is refused, before any key is
+    created, only where its own tags go (I10: a per-user problem that says why)."""
+    crowded = {f"team{i}": "x" for i in range(48)}
+    old = key("AKIAOLD", created=at(days=-100))
+    rotation = user(old, secret=secret(current="AKIAOLD"), tags=crowded)
+    assert tag_room_problem(rotation) is None  # 48 user tags: no matter for a rotation
+    full_secret = secret(current="AKIAOLD", tags={**{f"t{i}": "x" for i in range(36)}, "rotator:managed": "true"})
+    problem = tag_room_problem(user(old, secret=full_secret))
+    assert problem is not None and "36 tags of its own" in problem and "Secrets Manager" in problem
+    assert tag_room_problem(user(old, secret=secret(current="AKIAOLD", tags={f"t{i}": "x" for i in range(35)}))) is None
+    bootstrap = tag_room_problem(user(old, tags=crowded))
+    assert bootstrap is not None and "48 tags" in bootstrap
+    skip = [s for s in decide(user(old, secret=full_secret), policy(), at()).steps if s.problem]
+    assert skip and "Secrets Manager" in skip[0].reason, skip
