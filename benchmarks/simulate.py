@@ -146,6 +146,14 @@ MUTANTS = (
         "the secret stores a SecretAccessKey IAM did not issue (I2: AWSCURRENT does not sign)",
     ),
     Mutant(
+        "a rotation without its intent mark",
+        "rotation.py",
+        "            if on_secret:\n                self.aws.tag_secret(state.secret.name, intent)\n",
+        "            if on_secret:\n                pass\n",
+        "a rotation's key lost between CreateAccessKey and its AWSPENDING version is never a candidate: an"
+        " orphan for ever (I3)",
+    ),
+    Mutant(
         "defect found by the simulation: loser removes the intent mark",
         "rotation.py",
         "            if isinstance(exc, LimitExceededError):\n                # Another key took the slot",

@@ -29,14 +29,12 @@ USER = "svc-exposed"
 #: The response's mutating calls, in order (a secret exists, no previous key): the record first.
 RESPONSE = (
     "TagResource",  # rotator:quarantine-answered-at / -keys / -policies
-    "TagUser",  # intent mark
+    "TagResource",  # intent mark, on the secret
     "CreateAccessKey",
-    "TagUser",  # ownership record
-    "PutSecretValue",  # AWSPENDING
+    "PutSecretValue",  # AWSPENDING: the new key's record
     "UpdateSecretVersionStage",  # AWSCURRENT
-    "UntagUser",
     "UpdateSecretVersionStage",  # AWSPENDING removed
-    "TagResource",  # published-at
+    "TagResource",  # published-at, the mark cleared
     "UpdateAccessKey",  # the exposed key disabled, no grace
     "TagResource",  # disabled-at
 )

@@ -140,6 +140,8 @@ class Monitor:
     faults: Callable[[], int] = lambda: 0
     #: key id -> (actor, incarnation, faults so far, created in the calm phase) of the call that created it.
     created_by: dict[str, tuple[str, int, int, bool]] = field(default_factory=dict)
+    #: key id -> when its creating run's last validation attempt ended
+    _last_attempt: dict[str, datetime] = field(default_factory=dict)
     _audit_seen: int = 0
     _steps: int = 0
     _current: dict[str, str | None] = field(default_factory=dict)
@@ -269,6 +271,23 @@ class Monitor:
                 "I3",
                 f"{actor} deleted {key_id} of {key.user}, created {now - key.created} ago by {key.creator_actor}"
                 f" (inside the in-flight window {self.limits.window})",
+                now,
+            )
+
+    def validation_attempt(self, actor: str, key_id: str, now: datetime) -> None:
+        """A rotation polls its new key only until ``aws.validation_timeout`` (the in-flight window assumes it)."""
+        made = self.created_by.get(key_id)
+        key = self._keys.get(key_id)
+        if made is None or key is None or made[0] != actor or self.incarnation(actor) != made[1]:
+            return  # not this run's own new key (a resume counts from the resume)
+        # An attempt may end past the deadline (a slow or throttled call); polling again after one did is the bug.
+        previous = self._last_attempt.get(key_id)
+        self._last_attempt[key_id] = now
+        if previous is not None and previous - key.created > self.limits.validation_timeout + EPSILON:
+            self.fail(
+                "deadline",
+                f"{actor} validates {key_id} again {now - key.created} after creating it, its previous attempt "
+                f"already past aws.validation_timeout ({self.limits.validation_timeout})",
                 now,
             )
 

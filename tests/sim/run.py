@@ -34,6 +34,7 @@ from rotator.events import (
     InventorySnapshot,
     KeyOwnershipUnproven,
     UserEvent,
+    ValidationAttempt,
 )
 from tests.sim import actors
 from tests.sim.checks import Limits, Monitor, Violation
@@ -55,6 +56,8 @@ def ci_seeds() -> list[int]:
 MANAGED_USERS = ("alice", "bob", "carol", "dave")
 UNMANAGED_USER = "outsider"
 TRACE_LENGTH = 40
+#: Scheduler steps in a row at one simulated instant that make a livelock.
+FROZEN_STEPS = 10_000
 
 
 def replay_command(seed: int, steps: int) -> str:
@@ -208,6 +211,8 @@ class Sim:
             + 60
         )
         self._lock = threading.Lock()
+        self._last_now: datetime | None = None
+        self._frozen = 0
 
     def settings(self, *, lease: bool) -> Settings:
         if not lease:
@@ -265,6 +270,12 @@ class Sim:
 
     def check_step(self) -> None:
         now = self.world.clock.now()
+        self._frozen = self._frozen + 1 if now == self._last_now else 0
+        self._last_now = now
+        if self._frozen == FROZEN_STEPS:
+            # Every AWS call takes simulated time and every wait sleeps: steps that never advance the clock are an
+            # actor polling without waiting (a livelock no invariant would ever see).
+            self.monitor.fail("livelock", f"{FROZEN_STEPS} steps without simulated time advancing", now)
         self.monitor.step(self.world.truth, self.world.audit, now)
         fresh = self.events[self._event_texts_seen :]
         self._event_texts_seen = len(self.events)
@@ -273,7 +284,9 @@ class Sim:
         self.texts.clear()
         self.monitor.texts(texts, now)
         self.monitor.errors((e.error_type for _, _, e in fresh if isinstance(e, ActionFailed) and e.error_type), now)
-        for who, _, event in fresh:
+        for who, at, event in fresh:
+            if isinstance(event, ValidationAttempt):
+                self.monitor.validation_attempt(who, event.key_id, at)
             if isinstance(event, InventorySnapshot) and who in self.sweeping:
                 views = [(state.user, [key.key_id for key in state.keys]) for state in event.states]
                 self.monitor.bulk_view(views, self.sweeping[who][1], self.read_lag, now)
