@@ -14,19 +14,31 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import yaml
-
 from rotator import __version__, credential_process
-from rotator.config import Settings, load_settings
 from rotator.errors import AwsError, ConfigError, RotatorError, UsageError
-from rotator.logs import configure as configure_logs
-from rotator.logs import redact_text
 from rotator.model import Action
 from rotator.render import format_age, last_use_cell, print_table, when
 
 if TYPE_CHECKING:  # the App (and boto3) load only for commands that talk to AWS
     from rotator.app import AccountView, App, RotateResult
+    from rotator.config import Settings
     from rotator.executor import UserOutcome
+
+
+def configure_logs(fmt: str, level: str) -> None:
+    """:func:`rotator.logs.configure`; structlog (and the settings' pydantic) load once a command runs, so
+    ``--help``, ``--version`` and usage errors answer without them."""
+    from rotator.logs import configure  # noqa: PLC0415 - see above
+
+    configure(fmt, level)
+
+
+def redact_text(text: str) -> str:
+    """:func:`rotator.logs.redact_text` (loaded when first needed, see :func:`configure_logs`)."""
+    from rotator.logs import redact_text as redact  # noqa: PLC0415 - see configure_logs
+
+    return redact(text)
+
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -156,6 +168,8 @@ def _one_line(error: BaseException | str) -> str:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from rotator.config import load_settings  # noqa: PLC0415 - see configure_logs
+
     settings = load_settings(getattr(args, "config", None))
     fmt = getattr(args, "log_format", None) or settings.logging.format
     level = getattr(args, "log_level", None) or settings.logging.level
@@ -171,6 +185,8 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per
     if command == "check-config":
         for warning in settings.warnings():
             print(f"rotator: warning: {warning}", file=sys.stderr)
+        import yaml  # noqa: PLC0415 - only this command writes YAML
+
         print(yaml.safe_dump(settings.effective(), sort_keys=False), end="")
         return EXIT_OK
     if command == "run":
@@ -185,7 +201,8 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per
         _check_rotate_args(args)
     from rotator.app import App  # noqa: PLC0415 - keeps `--version`/`check-config` free of boto3
 
-    app = App(settings)
+    # One command, then exit: no Prometheus endpoint would ever read metrics (per-key series of every user).
+    app = App(settings, metrics=False)
     if command == "plan":
         return _plan(app, as_json=args.json)
     if command == "inventory":

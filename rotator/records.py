@@ -1,5 +1,8 @@
 """What the AWS ports return (:mod:`rotator.ports`): frozen values, no boto3, no I/O.
 
+The records an inventory holds one of per user (a whole account's at once) have ``__slots__``: no
+``__dict__`` each, a few hundred bytes less per user.
+
 The boto3 adapters (:mod:`rotator.aws`) and the in-memory model of the tests build the same records.
 """
 
@@ -10,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UserDetail:
     name: str
     path: str
@@ -21,7 +24,7 @@ class UserDetail:
     attached_policies: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReportKey:
     """One access-key slot of a credential report row (the report has no key ids)."""
 
@@ -33,7 +36,7 @@ class ReportKey:
     last_used_region: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyLastUsed:
     """A key's last use as ``GetAccessKeyLastUsed`` reports it: when, by which service, in which region.
 
@@ -46,7 +49,7 @@ class KeyLastUsed:
     region: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CredentialReport:
     """Access-key slots per user, and when IAM generated the report (it serves one up to 4 h old)."""
 
@@ -54,7 +57,7 @@ class CredentialReport:
     users: Mapping[str, list[ReportKey]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SecretSummary:
     name: str
     arn: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -48,6 +49,7 @@ class IamAdapter:
             "iam", "GetAccountAuthorizationDetails", "Marker", "Marker", Filter=["User"], MaxItems=1000
         ):
             users.extend(_user_detail(item) for item in page.get("UserDetailList", []))
+            del page  # only the fields kept: the page goes before the next one is read
         return users
 
     def user(self, user: str) -> UserDetail:
@@ -85,9 +87,16 @@ class IamAdapter:
         answer = self.boundary.call("iam", "GetCredentialReport")
         content = need(answer, "Content", "iam", "GetCredentialReport")
         generated = answer.get("GeneratedTime")
-        text = content.decode() if isinstance(content, bytes) else str(content)
+        del answer  # 10,000 users' report is megabytes: held once, as bytes, while its rows are read
+        # Read line by line from the bytes (newline="": a quoted field may span lines, as csv wants): neither
+        # a whole decoded copy nor io.StringIO's (4 bytes a character) is ever held beside them.
+        lines = (
+            io.TextIOWrapper(io.BytesIO(content), encoding="utf-8", newline="")
+            if isinstance(content, bytes)
+            else io.StringIO(str(content), newline="")
+        )
         report: dict[str, list[ReportKey]] = {}
-        for row in csv.DictReader(io.StringIO(text)):
+        for row in csv.DictReader(lines):
             try:
                 report[row["user"]] = _report_slots(row)
             except (ValueError, KeyError, TypeError):
@@ -179,11 +188,12 @@ class IamAdapter:
 
 
 def _user_detail(item: Mapping[str, Any]) -> UserDetail:
+    # Paths and tag keys repeat across a whole account's users: one string each (sys.intern), not one a user.
     return UserDetail(
         name=item["UserName"],
-        path=item.get("Path", "/"),
+        path=sys.intern(item.get("Path", "/")),
         arn=item.get("Arn", ""),
-        tags={tag["Key"]: tag["Value"] for tag in item.get("Tags", [])},
+        tags={sys.intern(tag["Key"]): tag["Value"] for tag in item.get("Tags", [])},
         attached_policies=tuple(p["PolicyArn"] for p in item.get("AttachedManagedPolicies", []) if "PolicyArn" in p),
     )
 

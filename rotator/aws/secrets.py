@@ -5,6 +5,7 @@ Implements :class:`rotator.ports.SecretsPort`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ class SecretsAdapter:
                 if name_prefix and not item["Name"].startswith(name_prefix):
                     continue  # the name filter also matches words inside names
                 out.append(_summary(item, item.get("SecretVersionsToStages", {})))
+            del page  # only the summaries kept: the page goes before the next one is read
         return out
 
     def describe_secret(self, name: str) -> SecretSummary | None:
@@ -127,8 +129,11 @@ def _summary(item: Mapping[str, Any], versions: Mapping[str, list[str]]) -> Secr
     return SecretSummary(
         name=item["Name"],
         arn=item.get("ARN", ""),
-        tags={tag["Key"]: tag["Value"] for tag in item.get("Tags", []) or []},
-        versions={version: tuple(stages) for version, stages in versions.items() if stages},
+        # Tag keys and stage labels repeat across every secret: one string each (sys.intern), not one a secret.
+        tags={sys.intern(tag["Key"]): tag["Value"] for tag in item.get("Tags", []) or []},
+        versions={
+            version: tuple(sys.intern(stage) for stage in stages) for version, stages in versions.items() if stages
+        },
         last_changed=as_utc(changed) if isinstance(changed, datetime) else None,
         deleted=bool(item.get("DeletedDate")),
     )

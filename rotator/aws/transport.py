@@ -419,6 +419,7 @@ class Boundary:
             yield page
             token = page.get(token_out)
             truncated = page.get("IsTruncated")
+            del page  # not held while the next one is read and parsed (a page of 1,000 users is megabytes)
             if not token or truncated is False:
                 return
 

@@ -292,7 +292,10 @@ class Daemon:
 
     def serve(self, address: str, port: int) -> ThreadingHTTPServer:
         """Bind /metrics, /healthz, /readyz and serve them from a background thread."""
-        self._server = serve(address, port, registry=self.app.registry, health=self.health, readiness=self.readiness)
+        registry = self.app.registry
+        if registry is None:
+            raise RuntimeError("the daemon's App was built with metrics=False: /metrics would have nothing to serve")
+        self._server = serve(address, port, registry=registry, health=self.health, readiness=self.readiness)
         return self._server
 
     # -- signals and the main loop ---------------------------------------------------------------
