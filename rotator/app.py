@@ -13,9 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
-
-from prometheus_client import CollectorRegistry
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rotator.aws import Aws, Boundary, ServiceLimits, session_from_environment, static_session
 from rotator.awsclock import AwsClock, ClockError
@@ -30,14 +28,18 @@ from rotator.events import (
     SweepFinished,
     SweepStarted,
 )
-from rotator.executor import Budget, Executor, UserOutcome, record_skip, run_users
 from rotator.guard import Guard
 from rotator.inventory import Inventory
 from rotator.logs import log_subscriber
-from rotator.metrics import Metrics
 from rotator.model import Action, UserPlan, UserState
-from rotator.notify import Notifier
 from rotator.policy import plan_user
+
+if TYPE_CHECKING:  # loaded where they are used: `plan` and `inventory` need none of them
+    from prometheus_client import CollectorRegistry
+
+    from rotator.executor import Budget, Executor, UserOutcome
+    from rotator.metrics import Metrics
+    from rotator.notify import Notifier
 
 Clock = Callable[[], datetime]
 _T = TypeVar("_T")
@@ -147,12 +149,22 @@ class App:
         runner: Runner | None = None,
         aws_clock: AwsClock | None = None,
         notify: bool = True,
+        metrics: bool = True,
     ) -> None:
         self.settings = settings
-        self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry)
         self.bus = bus or EventBus()
-        self.bus.subscribe(self.metrics)
+        #: The Prometheus metrics follow the events. ``metrics=False`` (a one-shot command: nothing would
+        #: expose them) spares their cost - series for every key of every user - and prometheus_client's import.
+        self.registry: CollectorRegistry | None = registry
+        self.metrics: Metrics | None = None
+        if metrics:
+            from prometheus_client import CollectorRegistry  # noqa: PLC0415 - see above
+
+            from rotator.metrics import Metrics  # noqa: PLC0415
+
+            self.registry = registry or CollectorRegistry()
+            self.metrics = Metrics(self.registry)
+            self.bus.subscribe(self.metrics)
         if log:
             self.bus.subscribe(log_subscriber)
         #: AWS's clock, from the Date header of every answer (rotator_clock_skew_seconds, /readyz).
@@ -185,6 +197,8 @@ class App:
         config = self.settings.notifications
         if not self._notify or (config.sns_topic_arn is None and config.webhook_url is None):
             return None
+        from rotator.notify import Notifier  # noqa: PLC0415 - only with a channel configured
+
         return Notifier(config, clock=self.clock, emit=self.bus.emit, sns=_OwnAccountSns(self))
 
     def _to_notifier(self, event: Event) -> None:
@@ -272,6 +286,8 @@ class App:
         *,
         dry_run: bool = False,
     ) -> Executor:
+        from rotator.executor import Executor  # noqa: PLC0415 - `plan` and `inventory` act on nothing
+
         return Executor(
             account.aws,
             account.inventory,
@@ -341,22 +357,35 @@ class App:
         report = SweepReport(sweep_id=uuid.uuid4().hex[:12], dry_run=dry)
         started = time.monotonic()
         self.bus.emit(SweepStarted(sweep_id=report.sweep_id, dry_run=dry))
+        from rotator.executor import Budget  # noqa: PLC0415 - see executor()
+
         budget = Budget(self.settings.safety.max_actions_per_sweep)
         try:
             accounts = self.accounts()
             report.errors.extend(self.account_errors)  # reported per account (partial); all of them: failure
-            for account in accounts:
+
+            def one(account: Account) -> SweepReport:
+                """One account's part, in a report of its own (merged in account order below)."""
+                part = SweepReport(sweep_id=report.sweep_id, dry_run=dry)
                 if stop is not None and stop.is_set():
-                    report.interrupted = True
-                    break
+                    part.interrupted = True
+                    return part
                 try:
-                    self._sweep_account(account, report, budget, dry, stop)
+                    self._sweep_account(account, part, budget, dry, stop)
                 except Exception as exc:  # a defect too: it costs this account only, never the others
                     # One unreadable account is reported for that account, never keeps the others from theirs.
                     _log_defect(exc, account.account_id)
-                    report.errors.append(AccountFailure(account.account_id, exc))
+                    part.errors.append(AccountFailure(account.account_id, exc))
                 if not dry:
-                    self._account_finished(report, account.account_id)
+                    self._account_finished(part, account.account_id)
+                return part
+
+            # ``aws.parallel_accounts`` accounts at once, each under its own rate limits (as ``rotate --all``).
+            for part in run_each(accounts, one, self.settings.aws.parallel_accounts, runner=self.runner):
+                report.views.extend(part.views)
+                report.outcomes.extend(part.outcomes)
+                report.errors.extend(part.errors)
+                report.interrupted = report.interrupted or part.interrupted
         except AwsError as exc:
             report.errors.append(AccountFailure(None, exc))
         report.duration_seconds = time.monotonic() - started
@@ -388,6 +417,8 @@ class App:
         def make() -> Executor:
             return self.executor(account, report.sweep_id, stop)
 
+        from rotator.executor import run_users  # noqa: PLC0415 - see executor()
+
         outcomes = run_users(make, to_run, budget, workers=self.settings.aws.concurrency)
         report.outcomes.extend(outcomes)
         report.interrupted = report.interrupted or any(o.interrupted for o in outcomes)
@@ -408,6 +439,8 @@ class App:
 
     def _report_only(self, plan: UserPlan, sweep_id: str, *, dry: bool = False) -> UserOutcome:
         """A user with nothing to act on (or a dry run): skips reported, problems failures, the rest deferred."""
+        from rotator.executor import UserOutcome, record_skip  # noqa: PLC0415 - see executor()
+
         outcome = UserOutcome(user=plan.user, account=plan.account)
         for step in plan.steps:
             if step.action is Action.HOLD:

@@ -285,7 +285,7 @@ class Sim:
         self.monitor.texts(texts, now)
         self.monitor.errors((e.error_type for _, _, e in fresh if isinstance(e, ActionFailed) and e.error_type), now)
         for who, at, event in fresh:
-            if isinstance(event, ValidationAttempt):
+            if isinstance(event, ValidationAttempt) and event.key_id is not None:
                 self.monitor.validation_attempt(who, event.key_id, at)
             if isinstance(event, InventorySnapshot) and who in self.sweeping:
                 views = [(state.user, [key.key_id for key in state.keys]) for state in event.states]

@@ -7,6 +7,7 @@ is unknown.
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import cast
 
@@ -93,3 +94,26 @@ def test_with_aws_time_deciding_nothing_changes_while_that_clock_is_unknown() ->
     (failed,) = [e for e in events if isinstance(e, ActionFailed)]
     assert failed.account == fake.account and "AWS clock unknown" in failed.error
     assert report.failed == 1
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_sweep_runs_aws_parallel_accounts_accounts_at_once_and_reports_them_in_order(parallel: int) -> None:
+    """Issue 12, item 3: a sweep works on ``aws.parallel_accounts`` accounts at once (each under its own limits);
+    its report lists them in account order whatever finished first. Both accounts' inventories wait at a barrier
+    for two parties: swept one after the other, neither gets past it (its account fails, nothing is rotated)."""
+    app, good, bad, _events = two_accounts()
+    app.settings = app.settings.model_copy(
+        update={"aws": app.settings.aws.model_copy(update={"parallel_accounts": parallel})}
+    )
+    barrier = threading.Barrier(2, timeout=2.0)
+    for fake in (good, bad):
+        fake.faults.before("GetAccountAuthorizationDetails", barrier.wait)
+
+    report = app.sweep()
+
+    if parallel == 1:
+        assert {f.account for f in report.errors} == {BAD, GOOD}, "serially, each account waited alone"
+        return
+    assert not report.errors, [f.message for f in report.errors]
+    assert [v.account for v in report.views] == [BAD, GOOD], "merged in account order"
+    assert len(good.iam.keys("app")) == 2 and len(bad.iam.keys("app")) == 2, "both accounts rotated"
