@@ -320,7 +320,7 @@ class AwsRates(_Section):
 
     iam: float = _rate(20.0, "IAM (its quota is unpublished and shared by every IAM client of the account).")
     secretsmanager: float = _rate(40.0, "Secrets Manager (AWS: 50/s for writes).")
-    sts: float = _rate(20.0, "STS (role assumption, new-key validation).")
+    sts: float = _rate(50.0, "STS (role assumption, new-key validation; its own quota, apart from IAM's).")
     organizations: float = _rate(5.0, "AWS Organizations (account discovery).")
     dynamodb: float = _rate(20.0, "DynamoDB (the lease; never queued behind the other services).")
     cloudtrail: float = _rate(2.0, "CloudTrail LookupEvents (AWS: 2/s per account and region).")
@@ -350,7 +350,7 @@ class AwsSettings(_Section):
         ),
     )
     concurrency: int = Field(
-        default=32,
+        default=64,
         strict=True,
         ge=1,
         le=256,

@@ -418,7 +418,7 @@ class Rotation:
                     f"aws.validation_timeout ({last_error})"
                 )
             self.sleep(min(delay, remaining))
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 2.0)  # a new key propagates within seconds: look every 2 s at most
 
 
 def _resolved(plan: UserPlan) -> EffectivePolicy:

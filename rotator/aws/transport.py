@@ -137,7 +137,7 @@ class RateLimiter:
 DEFAULT_RATES: dict[str, float] = {
     "iam": 20.0,
     "secretsmanager": 40.0,
-    "sts": 20.0,
+    "sts": 50.0,
     "organizations": 5.0,
     "dynamodb": 20.0,
     "cloudtrail": 2.0,

@@ -88,7 +88,7 @@ def leaf_paths(data: Any, prefix: str = "") -> set[str]:
         (lambda s: (s.safety.dry_run, s.safety.max_actions_per_sweep), (False, 100)),
         (lambda s: (s.aws.max_attempts, s.aws.max_calls_per_second), (8, None)),
         (lambda s: (s.aws.rates.iam, s.aws.rates.secretsmanager, s.aws.rates.dynamodb), (20, 40, 20)),
-        (lambda s: (s.aws.concurrency, s.aws.parallel_accounts), (32, 4)),
+        (lambda s: (s.aws.concurrency, s.aws.parallel_accounts), (64, 4)),
         (lambda s: s.aws.validation_timeout, timedelta(seconds=120)),
         (lambda s: (s.aws.connect_timeout, s.aws.read_timeout), (timedelta(seconds=5), timedelta(seconds=15))),
         (lambda s: s.coordination.lease_table, None),
