@@ -16,7 +16,9 @@ every boundary, and the next leader completes or cleans what was left. One call 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from rotator.model import KeyStatus, NewKey, SecretText
@@ -53,8 +55,27 @@ def all_of(*guards: Guard) -> Guard:
     return guard
 
 
+#: The guard of the mutating call this thread is making, asked again when its request goes on the wire.
+_sending = threading.local()
+
+
+def at_send(operation: str) -> None:
+    """Ask the guard of the guarded call in progress on this thread again, right before a request is sent.
+
+    The transport calls it on botocore's ``before-send``, after the request waited for its rate limit: a
+    process paused (or kept waiting by the limiter) between :class:`GuardedPort`'s check and the wire is
+    refused here once its lease is gone, instead of acting late - a bootstrap's ``CreateSecret`` landing
+    after another leader cleaned up its key (found by tests/e2e/test_replicas.py). What remains is the
+    moment between this check and the socket write. Calls outside a guarded call (reads, the exempt
+    records) are not asked.
+    """
+    guard: Guard | None = getattr(_sending, "guard", None)
+    if guard is not None:
+        guard(operation)
+
+
 class GuardedPort(Ports):
-    """An account port whose mutating calls each ask ``guard`` first; reads go straight through."""
+    """An account port whose mutating calls each ask ``guard`` first (and again at send); reads go straight through."""
 
     def __init__(self, port: AccountPort, guard: Guard) -> None:
         super().__init__(port, port, port)
@@ -62,25 +83,36 @@ class GuardedPort(Ports):
         self.unguarded = port
         self.guard = guard
 
+    @contextlib.contextmanager
+    def _asked(self, operation: str) -> Iterator[None]:
+        """Ask the guard now, and again (:func:`at_send`) for each request the call sends."""
+        self.guard(operation)
+        outer = getattr(_sending, "guard", None)
+        _sending.guard = self.guard
+        try:
+            yield
+        finally:
+            _sending.guard = outer
+
     def create_access_key(self, user: str) -> NewKey:
-        self.guard(MUTATING["create_access_key"])
-        return super().create_access_key(user)
+        with self._asked(MUTATING["create_access_key"]):
+            return super().create_access_key(user)
 
     def set_key_status(self, user: str, key_id: str, status: KeyStatus) -> None:
-        self.guard(MUTATING["set_key_status"])
-        super().set_key_status(user, key_id, status)
+        with self._asked(MUTATING["set_key_status"]):
+            super().set_key_status(user, key_id, status)
 
     def delete_access_key(self, user: str, key_id: str) -> None:
-        self.guard(MUTATING["delete_access_key"])
-        super().delete_access_key(user, key_id)
+        with self._asked(MUTATING["delete_access_key"]):
+            super().delete_access_key(user, key_id)
 
     def tag_user(self, user: str, tags: Mapping[str, str]) -> None:
-        self.guard(MUTATING["tag_user"])
-        super().tag_user(user, tags)
+        with self._asked(MUTATING["tag_user"]):
+            super().tag_user(user, tags)
 
     def untag_user(self, user: str, keys: list[str]) -> None:
-        self.guard(MUTATING["untag_user"])
-        super().untag_user(user, keys)
+        with self._asked(MUTATING["untag_user"]):
+            super().untag_user(user, keys)
 
     def create_secret(
         self,
@@ -93,30 +125,30 @@ class GuardedPort(Ports):
         replica_regions: list[str],
         description: str,
     ) -> str:
-        self.guard(MUTATING["create_secret"])
-        return super().create_secret(
-            name,
-            value,
-            token,
-            tags=tags,
-            kms_key_id=kms_key_id,
-            replica_regions=replica_regions,
-            description=description,
-        )
+        with self._asked(MUTATING["create_secret"]):
+            return super().create_secret(
+                name,
+                value,
+                token,
+                tags=tags,
+                kms_key_id=kms_key_id,
+                replica_regions=replica_regions,
+                description=description,
+            )
 
     def put_secret_value(self, name: str, value: SecretText, token: str, stages: list[str]) -> None:
-        self.guard(MUTATING["put_secret_value"])
-        super().put_secret_value(name, value, token, stages)
+        with self._asked(MUTATING["put_secret_value"]):
+            super().put_secret_value(name, value, token, stages)
 
     def move_stage(
         self, name: str, stage: str, *, to_version: str | None = None, from_version: str | None = None
     ) -> bool:
-        self.guard(MUTATING["move_stage"])
-        return super().move_stage(name, stage, to_version=to_version, from_version=from_version)
+        with self._asked(MUTATING["move_stage"]):
+            return super().move_stage(name, stage, to_version=to_version, from_version=from_version)
 
     def tag_secret(self, name: str, tags: Mapping[str, str]) -> None:
-        self.guard(MUTATING["tag_secret"])
-        super().tag_secret(name, tags)
+        with self._asked(MUTATING["tag_secret"]):
+            super().tag_secret(name, tags)
 
 
 if TYPE_CHECKING:

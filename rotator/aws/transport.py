@@ -37,11 +37,13 @@ from rotator import __version__
 from rotator.aws.errors import THROTTLING_CODES, garbled, translate, translate_failure, unreadable
 from rotator.errors import (
     AwsError,
+    MutationRefusedError,
     NotFoundError,
     ThrottledError,
     UnreachableError,
 )
 from rotator.events import AwsCall, Event
+from rotator.guard import at_send
 from rotator.model import SecretText
 
 #: Seconds without a throttled answer before a lowered rate starts to climb back.
@@ -309,8 +311,15 @@ class Boundary:
             ) from exc
         # Every attempt (botocore's own retries too) waits for its service's limiter, as botocore's
         # adaptive mode does on the same event; a handler of ``before-send`` must return None.
-        limiter = self.limits.of(client.meta.service_model.service_name)
-        client.meta.events.register("before-send", lambda **_: limiter.wait())
+        service_name = client.meta.service_model.service_name
+        limiter = self.limits.of(service_name)
+
+        def before_send(event_name: str = "", **_: Any) -> None:
+            limiter.wait()
+            # A guarded (mutating) call asks its guard again now that its request leaves (rotator.guard).
+            at_send(f"{service_name}:{event_name.rsplit('.', 1)[-1]}")
+
+        client.meta.events.register("before-send", before_send)
         client.meta.events.register(f"needs-retry.{client.meta.service_model.endpoint_prefix}", self._on_retry)
         # Ahead of botocore's own retry handler (same event name, registered first).
         retry_event = f"needs-retry.{client.meta.service_model.service_id.hyphenize()}"
@@ -369,6 +378,8 @@ class Boundary:
                 self._date_seen(exc.response, sent)  # an error answer is AWS's answer too
                 error: AwsError = translate(exc, service, operation)
                 cause: BaseException | None = exc
+            except MutationRefusedError:
+                raise  # refused at send (rotator.guard.at_send): nothing went out
             except Exception as exc:  # every transport or parser failure becomes ours, here
                 error, cause = translate_failure(exc, service, operation), None
             else:

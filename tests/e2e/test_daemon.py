@@ -57,6 +57,7 @@ aws:
   validation_timeout: {validation_timeout}
   max_calls_per_second: 1000
   max_attempts: 2
+  concurrency: 32  # the replica tests' bursts are timed for this many users in flight (the default was 32)
 coordination: {{lease_table: {lease_table or "null"}, lease_ttl: {lease_ttl}}}
 """
 

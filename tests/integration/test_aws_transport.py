@@ -137,3 +137,30 @@ def test_throttling_lowers_only_that_service_s_rate_in_that_account(
     assert iam.rate < 50.0 and secrets.rate == 50.0
     other = boundary.for_account(session, "210987654321")
     assert other.limits.of("iam").rate == 50.0  # another account: its own quota, its own bucket
+
+
+def test_a_guarded_call_is_asked_again_when_its_request_leaves(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fence is asked twice: by GuardedPort, then at botocore's ``before-send`` after the rate limiter's wait
+    (a process paused between the two is refused at the wire, not acting late). Unguarded calls are not asked."""
+    from rotator.aws import Aws  # noqa: PLC0415 - the port over this boundary
+    from rotator.errors import MutationRefusedError  # noqa: PLC0415
+    from rotator.guard import GuardedPort  # noqa: PLC0415
+
+    aws.user("alice", keys=0)
+    events: list[Event] = []
+    port = Aws(boundary_at(aws.url, monkeypatch, events))
+    asked: list[str] = []
+
+    def lease_lost_after_the_first_check(operation: str) -> None:
+        asked.append(operation)
+        if len(asked) > 1:
+            raise MutationRefusedError(f"{operation} refused: the lease was lost meanwhile")
+
+    guarded = GuardedPort(port, lease_lost_after_the_first_check)
+    with pytest.raises(MutationRefusedError, match="lease was lost"):
+        guarded.create_access_key("alice")
+    assert asked == ["iam:CreateAccessKey", "iam:CreateAccessKey"], asked
+    assert aws.keys("alice") == {}, "refused at the wire: nothing was created"
+    assert not [e for e in events if isinstance(e, AwsCall) and e.operation == "CreateAccessKey"]
+    port.tag_user("alice", {"team": "x"})  # the unguarded port (the exempt records) is never asked
+    assert len(asked) == 2
