@@ -291,7 +291,8 @@ class Rotation:
     def _put_pending(self, state: UserState, key: NewKey, document: SecretText, version: str) -> None:
         try:
             # The new key's record, so past any guard (like a bootstrap's record on the user): AWSPENDING is
-            # read by no consumer, and IAM's two-key limit leaves no other run a pending key to displace.
+            # read by no consumer, and IAM's two-key limit leaves no other live run a pending key to displace
+            # (one that already deleted our key as an orphan loses only a stray label: docs/design.md, "Fencing").
             self.recorder.put_secret_value(state.secret.name, document, version, [AWSPENDING])
         except AwsError as exc:
             # Never simply repeated: moto moves AWSCURRENT on a repeated token, and a lost answer may
