@@ -47,7 +47,7 @@ from rotator.inventory import Inventory
 from rotator.model import (
     AWSCURRENT,
     AWSPENDING,
-    MARK_TAGS,
+    MARK_CLEARED,
     TAG_CURRENT_CREATED,
     TAG_CURRENT_KEY,
     TAG_DELETED_KEY,
@@ -501,7 +501,7 @@ class Executor:
                 if needed.stale_user_tags:
                     self.aws.untag_user(state.user, list(needed.stale_user_tags))
                 if needed.stale_secret_mark:
-                    self.aws.tag_secret(state.secret.name, dict.fromkeys(MARK_TAGS, ""))
+                    self.aws.tag_secret(state.secret.name, MARK_CLEARED)
                 self.emit(
                     RecordRepaired(
                         account=state.account, user=state.user, key_id=None, record="stale rotation tags removed"

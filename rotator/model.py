@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 #: Namespace of the deterministic secret version ids. A version holding access key ``K`` always has
 #: the id ``uuid5(VERSION_NAMESPACE, K)``: retries of the same write are idempotent (the
@@ -49,6 +50,8 @@ USER_TAG_ROTATION_STARTED = "rotator:rotation-started"
 USER_TAG_ROTATION_KEYS = "rotator:rotation-keys"
 #: The intent mark's tags (on the user or on the secret).
 MARK_TAGS = (USER_TAG_ROTATION_STARTED, USER_TAG_ROTATION_KEYS)
+#: The tags that clear a mark on the secret (Secrets Manager tags are written, an empty value is no mark).
+MARK_CLEARED: Mapping[str, str] = MappingProxyType(dict.fromkeys(MARK_TAGS, ""))
 #: The ownership record, written right after CreateAccessKey returned: ``rotator:own:<key id>=<time>``.
 #: One tag per key, so two runs never overwrite each other's proof; removed when the key is published
 #: or withdrawn. This (or a secret version holding the key, or CloudTrail) is the only proof of ownership.

@@ -38,6 +38,7 @@ from rotator.events import Event, KeyCreated, KeyPublished, KeyWithdrawn, Valida
 from rotator.model import (
     AWSCURRENT,
     AWSPENDING,
+    MARK_CLEARED,
     MARK_TAGS,
     TAG_CURRENT_CREATED,
     TAG_CURRENT_KEY,
@@ -185,7 +186,7 @@ class Rotation:
         """Remove an attempt's intent mark (and on the user its key's record); best effort."""
         try:
             if on_secret:
-                self.aws.tag_secret(state.secret.name, dict.fromkeys(MARK_TAGS, ""))
+                self.aws.tag_secret(state.secret.name, MARK_CLEARED)
             if not on_secret or state.in_flight_tags:
                 self.aws.untag_user(state.user, [*([own_tag(key_id)] if key_id else []), *MARK_TAGS])
         except AwsError:
@@ -344,7 +345,7 @@ class Rotation:
         # Publication time is written after the stage moved: a crash in between leaves no record and
         # the repair records a later time, so the grace period can only grow (I5).
         tags[TAG_PUBLISHED_AT] = iso(self.clock())
-        tags.update(dict.fromkeys(MARK_TAGS, ""))  # the intent mark has done its work
+        tags.update(MARK_CLEARED)  # the intent mark has done its work
         self.emit(
             KeyPublished(
                 account=state.account,
