@@ -7,6 +7,10 @@ A steady-state account is read in a handful of calls whatever its size:
   last use) in one CSV, but *without key ids*;
 * ``ListSecrets`` - every secret with tags and its version-to-stage map, 100 a page.
 
+The three are independent, so with ``aws.concurrency`` above 1 they run at once (each a chain of pages,
+each under its own service's rate): a steady-state inventory takes about as long as its longest listing,
+not their sum.
+
 Key ids come from the secret's tags (``rotator:current-key-id`` and ``rotator:previous-key-id`` with
 their creation dates, written at publication). A user's report slots are trusted only when they
 match those tags exactly; otherwise (a rotation since the report, a foreign key, a crash) the user
@@ -19,12 +23,15 @@ before it changes anything.
 
 from __future__ import annotations
 
+import contextvars
 import fnmatch
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from rotator.config import Settings
 from rotator.errors import AwsError, NotFoundError
@@ -129,6 +136,35 @@ def changed_since(generated: datetime | None, detail: UserDetail, summary: Secre
     return any(stamp is not None and _aware(stamp) >= generated for stamp in stamps)
 
 
+_R = TypeVar("_R")
+
+
+class _Alongside:
+    """Reads started beside the calling thread's own, each on a thread of its own; off, each runs inline
+    when its result is first asked for (and a read never asked for never runs: one worker, as a
+    deterministic simulation needs, and no listing for an account without managed users).
+
+    Leaving the block waits for every started read, so a failure in one never leaves another running.
+    """
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inventory") if enabled else None
+
+    def __enter__(self) -> _Alongside:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def start(self, read: Callable[[], _R]) -> Callable[[], _R]:
+        """``read`` begun now (or deferred, when off); the returned callable gives its result or raises."""
+        if self._pool is None:
+            return read
+        future: Future[_R] = self._pool.submit(contextvars.copy_context().run, read)
+        return future.result
+
+
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -158,14 +194,17 @@ class Inventory:
     # -- the whole account -------------------------------------------------------------------
 
     def gather(self) -> list[UserState]:
-        details = [d for d in self.aws.user_details() if is_managed(d, self.settings)]
-        if not details:
-            self.report_generated = None
-            return []
-        report = self.aws.credential_report()
-        self.report_generated = report.generated
         template = self.settings.secrets.name_template
-        secrets = {s.name: s for s in self.aws.secrets(secret_prefix(template))}
+        with _Alongside(enabled=self.settings.aws.concurrency > 1) as alongside:
+            report_read = alongside.start(self.aws.credential_report)
+            secrets_read = alongside.start(lambda: self.aws.secrets(secret_prefix(template)))
+            details = [d for d in self.aws.user_details() if is_managed(d, self.settings)]
+            if not details:
+                self.report_generated = None
+                return []
+            report = report_read()
+            secrets = {s.name: s for s in secrets_read()}
+        self.report_generated = report.generated
         states: list[UserState] = []
         self._quarantined = {d.name for d in details if quarantine_policy_names(d.attached_policies)}
         for detail in sorted(details, key=lambda d: d.name):
