@@ -27,7 +27,8 @@ for the calls the run made and for issue 12's target of 3 IAM calls per key).
 
 ``--steady-only`` seeds the steady state straight on moto (each user one key and the secret holding it, tagged as
 the rotator tags it) and measures ``plan``, a steady-state ``sweep`` and their baselines only: 10,000 users without
-a 10,000-user bootstrap.
+a 10,000-user bootstrap. ``--repeat N`` runs the steady-state phases (``plan``, ``sweep``, the bulk-read floor) N
+times in turn and reports each one's median run (a single run of a few seconds is at the mercy of the machine).
 
 Figures go to stdout as a table (``--json``: one JSON object). docs/performance.md records them with the command.
 """
@@ -148,6 +149,8 @@ class Phase:
     calls: Counter[str] = field(default_factory=Counter)
     throttled: int = 0
     refused_young: int = 0
+    #: Every run's wall time when the phase was repeated (``--repeat``); this phase is the median one.
+    walls: list[float] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -185,6 +188,14 @@ def measure(proxy: AwsLikeProxy, name: str, argv: list[str], env: dict[str, str]
         else:
             phase.throttled += 1
     return phase
+
+
+def median(runs: list[Phase]) -> Phase:
+    """The run of median wall time (the lower one of an even count), with every run's wall time."""
+    chosen = sorted(runs, key=lambda p: p.wall)[(len(runs) - 1) // 2]
+    chosen.walls = [round(p.wall, 2) for p in runs] if len(runs) > 1 else []
+    chosen.exit_code = next((p.exit_code for p in runs if p.exit_code != 0), chosen.exit_code)
+    return chosen
 
 
 BULK_READ_FLOOR = """
@@ -301,9 +312,13 @@ def seed_steady_state(url: str, names: list[str]) -> None:
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, names))
+    # A steady state has a credential report under 4 hours old (IAM answers COMPLETE at once): without it the
+    # first phase measured would wait for one to be generated and the later ones, the floor among them, not.
+    while iam.generate_credential_report()["State"] != "COMPLETE":
+        time.sleep(0.1)
 
 
-def main() -> int:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.05)
@@ -318,8 +333,15 @@ def main() -> int:
         action="store_true",
         help="seed the steady state straight on moto; measure plan and its baselines only (no sweep, no rotation)",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the steady-state phases N times in turn; report each one's median"
+    )
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = arguments()
     rates = {
         "iam": args.iam_rate,
         "secretsmanager": args.sm_rate,
@@ -348,15 +370,18 @@ def main() -> int:
             missing = delete_replaced_keys(moto.url, names)
             if missing:
                 print(f"# {len(missing)} users without a secret after the bootstrap: {missing[:10]}", file=sys.stderr)
-        phases.append(measure(proxy, "plan (steady state)", [*rotator, "plan", "--json"], env))
-        if args.steady_only:
-            # The same inventory, then nothing to act on: issue 12's "10,000-user sweep under 120 MB".
-            phases.append(measure(proxy, "sweep (steady state)", [*rotator, "sweep"], env))
         floor_script = work / "floor.py"
         floor_script.write_text(BULK_READ_FLOOR)
-        phases.append(
-            measure(proxy, "bulk-read floor (boto3)", [sys.executable, str(floor_script), "iam-keys/", PATH], env)
-        )
+        steady = [("plan (steady state)", [*rotator, "plan", "--json"])]
+        if args.steady_only:
+            # The same inventory, then nothing to act on: issue 12's "10,000-user sweep under 120 MB".
+            steady.append(("sweep (steady state)", [*rotator, "sweep"]))
+        steady.append(("bulk-read floor (boto3)", [sys.executable, str(floor_script), "iam-keys/", PATH]))
+        runs: dict[str, list[Phase]] = {name: [] for name, _ in steady}
+        for _ in range(max(1, args.repeat)):
+            for name, argv in steady:
+                runs[name].append(measure(proxy, name, argv, env))
+        phases.extend(median(runs[name]) for name, _ in steady)
         if args.custodian:
             policy = custodian_policy(work)
             phases.append(
@@ -416,6 +441,7 @@ def report(args: argparse.Namespace, phases: list[Phase]) -> None:
                 "throttled": p.throttled,
                 "refused_unpropagated": p.refused_young,
                 "by_operation": dict(sorted(p.calls.items())),
+                "walls_s": p.walls,
             }
             for p in phases
         ],
@@ -449,6 +475,8 @@ def report(args: argparse.Namespace, phases: list[Phase]) -> None:
         print(f"{name}: {value}")
     for p in figures["phases"]:
         print(f"# {p['name']}: {p['by_operation']}")
+        if p["walls_s"]:
+            print(f"# {p['name']}: median of {len(p['walls_s'])} runs {p['walls_s']}")
 
 
 if __name__ == "__main__":
