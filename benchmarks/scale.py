@@ -27,8 +27,9 @@ for the calls the run made and for issue 12's target of 3 IAM calls per key).
 
 ``--steady-only`` seeds the steady state straight on moto (each user one key and the secret holding it, tagged as
 the rotator tags it) and measures ``plan``, a steady-state ``sweep`` and their baselines only: 10,000 users without
-a 10,000-user bootstrap. ``--repeat N`` runs the steady-state phases (``plan``, ``sweep``, the bulk-read floor) N
-times in turn and reports each one's median run (a single run of a few seconds is at the mercy of the machine).
+a 10,000-user bootstrap; with ``--rotate`` it then measures ``rotate --all`` of them too. ``--repeat N`` runs the
+steady-state phases (``plan``, ``sweep``, the bulk-read floor) N times in turn and reports each one's median run
+(a single run of a few seconds is at the mercy of the machine).
 
 Figures go to stdout as a table (``--json``: one JSON object). docs/performance.md records them with the command.
 """
@@ -334,6 +335,9 @@ def arguments() -> argparse.Namespace:
         help="seed the steady state straight on moto; measure plan and its baselines only (no sweep, no rotation)",
     )
     parser.add_argument(
+        "--rotate", action="store_true", help="with --steady-only: then rotate --all the seeded users too"
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="run the steady-state phases N times in turn; report each one's median"
     )
     parser.add_argument("--json", action="store_true")
@@ -402,7 +406,7 @@ def main() -> int:
                     env,
                 )
             )
-        if not args.steady_only:
+        if args.rotate or not args.steady_only:
             phases.append(measure(proxy, "rotate --all", [*rotator, "rotate", "--all", "--yes"], env))
     finally:
         proxy.stop()
