@@ -27,9 +27,10 @@ for the calls the run made and for issue 12's target of 3 IAM calls per key).
 
 ``--steady-only`` seeds the steady state straight on moto (each user one key and the secret holding it, tagged as
 the rotator tags it) and measures ``plan``, a steady-state ``sweep`` and their baselines only: 10,000 users without
-a 10,000-user bootstrap; with ``--rotate`` it then measures ``rotate --all`` of them too. ``--repeat N`` runs the
-steady-state phases (``plan``, ``sweep``, the bulk-read floor) N times in turn and reports each one's median run
-(a single run of a few seconds is at the mercy of the machine).
+a 10,000-user bootstrap; with ``--rotate`` it then measures ``rotate --all`` of them too. ``--baseline DIR`` (a
+checkout of another commit) measures that commit's ``plan`` beside this one's, in turn, in the same run.
+``--repeat N`` runs the steady-state phases (``plan``, ``sweep``, the bulk-read floor) N times in turn and reports
+each one's median run (a single run of a few seconds is at the mercy of the machine).
 
 Figures go to stdout as a table (``--json``: one JSON object). docs/performance.md records them with the command.
 """
@@ -161,13 +162,21 @@ class Phase:
         return sum(n for op, n in self.calls.items() if op.startswith(name + ":"))
 
 
-def measure(proxy: AwsLikeProxy, name: str, argv: list[str], env: dict[str, str], stdin: str | None = None) -> Phase:
+def measure(
+    proxy: AwsLikeProxy,
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    stdin: str | None = None,
+    *,
+    cwd: Path = ROOT,
+) -> Phase:
     """Run ``argv`` as a child process through the proxy: wall time, peak RSS, the proxy's view of its calls."""
     proxy.clear_calls()
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=ROOT
+            argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd
         )
         if stdin and process.stdin:
             process.stdin.write(stdin.encode())
@@ -340,6 +349,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, default=1, help="run the steady-state phases N times in turn; report each one's median"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="a checkout of another commit (git worktree add DIR COMMIT): its plan is measured beside this one's",
+    )
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
 
@@ -376,16 +390,19 @@ def main() -> int:
                 print(f"# {len(missing)} users without a secret after the bootstrap: {missing[:10]}", file=sys.stderr)
         floor_script = work / "floor.py"
         floor_script.write_text(BULK_READ_FLOOR)
-        steady = [("plan (steady state)", [*rotator, "plan", "--json"])]
+        steady = [("plan (steady state)", [*rotator, "plan", "--json"], ROOT)]
+        if args.baseline:
+            # ``python -m`` puts the working directory first on sys.path: that checkout's rotator runs.
+            steady.append(("plan (baseline checkout)", [*rotator, "plan", "--json"], Path(args.baseline).resolve()))
         if args.steady_only:
             # The same inventory, then nothing to act on: issue 12's "10,000-user sweep under 120 MB".
-            steady.append(("sweep (steady state)", [*rotator, "sweep"]))
-        steady.append(("bulk-read floor (boto3)", [sys.executable, str(floor_script), "iam-keys/", PATH]))
-        runs: dict[str, list[Phase]] = {name: [] for name, _ in steady}
+            steady.append(("sweep (steady state)", [*rotator, "sweep"], ROOT))
+        steady.append(("bulk-read floor (boto3)", [sys.executable, str(floor_script), "iam-keys/", PATH], ROOT))
+        runs: dict[str, list[Phase]] = {name: [] for name, _, _ in steady}
         for _ in range(max(1, args.repeat)):
-            for name, argv in steady:
-                runs[name].append(measure(proxy, name, argv, env))
-        phases.extend(median(runs[name]) for name, _ in steady)
+            for name, argv, cwd in steady:
+                runs[name].append(measure(proxy, name, argv, env, cwd=cwd))
+        phases.extend(median(runs[name]) for name, _, _ in steady)
         if args.custodian:
             policy = custodian_policy(work)
             phases.append(
@@ -422,6 +439,7 @@ def report(args: argparse.Namespace, phases: list[Phase]) -> None:
     plan = by_name["plan (steady state)"]
     floor = by_name["bulk-read floor (boto3)"]
     custodian = by_name.get("Cloud Custodian inventory")
+    baseline = by_name.get("plan (baseline checkout)")
     iam_floor_made = rotate.service("iam") / args.iam_rate if rotate else 0.0
     iam_floor_target = 3 * users / args.iam_rate
     figures: dict[str, Any] = {
@@ -454,6 +472,7 @@ def report(args: argparse.Namespace, phases: list[Phase]) -> None:
             "rotate_all_vs_iam_floor_target": round(rotate.wall / iam_floor_target, 2) if rotate else None,
             "rotate_all_vs_iam_floor_calls_made": round(rotate.wall / iam_floor_made, 2) if rotate else None,
             "plan_vs_bulk_read_floor": round(plan.wall / floor.wall, 2),
+            "baseline_plan_vs_bulk_read_floor": round(baseline.wall / floor.wall, 2) if baseline else None,
             "custodian_vs_plan": round(custodian.wall / plan.wall, 1) if custodian else None,
         },
     }
