@@ -355,8 +355,8 @@ class AwsSettings(_Section):
         ge=1,
         le=256,
         description=(
-            "Users acted on at once in one account (while one new key propagates, others proceed); "
-            "1: one after the other."
+            "Users acted on at once in one account (while one new key propagates, others proceed), and the "
+            "secrets listed beside the inventory's other bulk reads; 1: one after the other."
         ),
     )
     parallel_accounts: int = Field(
