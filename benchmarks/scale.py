@@ -341,7 +341,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--steady-only",
         action="store_true",
-        help="seed the steady state straight on moto; measure plan and its baselines only (no sweep, no rotation)",
+        help="seed the steady state straight on moto; measure plan, a sweep and their baselines (no bootstrap)",
     )
     parser.add_argument(
         "--rotate", action="store_true", help="with --steady-only: then rotate --all the seeded users too"
@@ -352,7 +352,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--baseline",
         metavar="DIR",
-        help="a checkout of another commit (git worktree add DIR COMMIT): its plan is measured beside this one's",
+        help="another commit's tree (git archive COMMIT | tar -x -C DIR): its plan is measured beside this one's",
     )
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
