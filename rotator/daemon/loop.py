@@ -138,10 +138,15 @@ class Daemon:
         )
 
     def _lease_job(self) -> None:
-        """Renew (or try to take) the lease; on taking it, sweep when the dead leader's schedule says so."""
+        """Renew (or try to take) the lease; on taking it, sweep when the dead leader's schedule says so.
+
+        A stopping daemon only renews a lease it holds (for the step in flight); it takes none.
+        """
+        if self.stop_event.is_set() and not self.leadership.held:
+            return
         leading = self.leadership.try_acquire()
         was, self._leading = self._leading, leading
-        if leading and not was and not self.state.sweeping:
+        if leading and not was and not self.state.sweeping and not self.stop_event.is_set():
             self._took_lease()
 
     def _took_lease(self) -> None:
@@ -352,8 +357,9 @@ class Daemon:
         self.notifier.stopping(status=f"stopping ({reason})")
         log.info("daemon.stopping", signal=reason, sweep_in_flight=self.state.sweeping)
         self.stop_event.set()
-        self.scheduler.shutdown()
+        self.scheduler.stop_sweeps()  # the lease is still renewed while the step in flight ends
         finished = self._sweep_lock.acquire(timeout=self.timing.stop_timeout.total_seconds())
+        self.scheduler.shutdown()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -13,6 +13,7 @@ cron the file accepts is one the daemon can schedule.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
@@ -139,6 +141,17 @@ class SweepScheduler:
 
     def resume(self) -> None:
         self._scheduler.resume()
+
+    def stop_sweeps(self) -> None:
+        """Start no sweep any more (regular, retry or takeover); the heartbeat and the lease go on.
+
+        A stopping daemon keeps renewing its lease while the step in flight ends: without renewals the
+        lease would lapse under that step (after 3/4 of ``coordination.lease_ttl``) and fence its next call.
+        """
+        for job_id in (SWEEP_JOB, RETRY_JOB, TAKEOVER_JOB):
+            if self._scheduler.running and self._scheduler.get_job(job_id) is not None:
+                with contextlib.suppress(JobLookupError):  # it ran (a one-off) since we looked
+                    self._scheduler.remove_job(job_id)
 
     def shutdown(self) -> None:
         """Run no job any more; a job in flight is not waited for (the daemon bounds that wait)."""

@@ -205,6 +205,37 @@ def test_a_leader_paused_past_its_lease_changes_nothing_when_it_wakes(
             process.assert_clean_output(aws.created_secrets)
 
 
+def test_a_leader_stopped_in_a_long_step_renews_its_lease_until_the_step_ends(
+    fault_proxy: FaultProxy, proxied_aws: AwsEnv, tmp_path: Path
+) -> None:
+    """SIGTERM while a bootstrap waits on AWS longer than the lease lasts unrenewed (3/4 of its ttl, 2.25 s).
+
+    Before, the stop halted the renewals with the scheduler and then waited for the step: the step's next
+    call after the slow one was refused by the replica's own fence (``action.failed``), leaving the new key
+    for the next leader to settle.
+    """
+    aws = proxied_aws
+    lease_table(aws)
+    original = aws.user("slow-0")[0]
+    slow = 2 * TTL  # seconds the CreateSecret takes
+    fault_proxy.before("CreateSecret", lambda _call: time.sleep(slow), times=1)
+    with ExitStack() as stack:
+        a = start(stack, aws, tmp_path, "a", validation_timeout="20s")
+        wait(lambda: named(a, "rotation.key_created"), 30, "the bootstrap to create its key")
+        a.signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        code = a.proc.wait(timeout=30)
+        took = time.monotonic() - stopping
+        print(f"\nSIGTERM in a {slow:g} s step: exit {code} after {took:.1f}s (lease_ttl {TTL:g}s)")
+        assert code == 0
+        assert not named(a, "action.failed"), named(a, "action.failed")
+        assert [e.get("previous_key_id") for e in named(a, "rotation.published")] == [original]
+        assert current_key(aws, "slow-0") not in (None, original), "the step in flight published its key"
+        assert took >= slow - 1.0, "the stop waited for the step"
+        assert aws.client("dynamodb").scan(TableName=TABLE)["Items"] == [], "the lease released after the step"
+        a.assert_clean_output(aws.created_secrets)
+
+
 # -- AWS's clock ----------------------------------------------------------------------------------------
 
 

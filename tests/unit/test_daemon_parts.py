@@ -306,6 +306,43 @@ def test_the_first_sweep_and_a_retry_take_their_time_from_the_app_clock(clock: F
         daemon.scheduler.shutdown()
 
 
+class FakeLeadership:
+    """A lease that is held or not, counting the attempts to take or renew it."""
+
+    def __init__(self, held: bool) -> None:
+        self.held = held
+        self.attempts = 0
+        self.renew_interval = timedelta(seconds=1)
+
+    def try_acquire(self) -> bool:
+        self.attempts += 1
+        return self.held
+
+
+def test_a_stopping_daemon_starts_no_sweep_but_renews_the_lease_it_holds(clock: FakeClock) -> None:
+    daemon = make_daemon(clock, settings=Settings.model_validate({"schedule": {"interval": "1h"}}))
+    daemon.scheduler.start_paused()
+    try:
+        daemon._schedule()
+        daemon.scheduler.reschedule(daemon.app.settings.schedule)  # the next regular sweep an hour away
+        daemon.scheduler.after_sweep("failure", NOW - 600 * S)  # a retry pending
+        assert daemon.scheduler.sweep_once(timedelta(0), "takeover") is not None  # and a takeover sweep
+        assert all(daemon.scheduler.job(job_id) for job_id in ("sweep", "sweep-retry", "sweep-takeover"))
+        daemon.stop_event.set()
+        daemon.scheduler.stop_sweeps()
+        gone = {job_id: daemon.scheduler.job(job_id) for job_id in ("sweep", "sweep-retry", "sweep-takeover")}
+        assert gone == dict.fromkeys(gone), "no sweep of any kind after a stop"
+        assert daemon.scheduler.job("lease") is not None and daemon.scheduler.job("heartbeat") is not None
+        for held in (True, False):
+            daemon.leadership = FakeLeadership(held)  # type: ignore[assignment]
+            daemon._leading = held
+            daemon._lease_job()
+            # The step in flight keeps the lease it holds; a standby that is stopping takes none.
+            assert daemon.leadership.attempts == (1 if held else 0), held  # type: ignore[attr-defined]
+    finally:
+        daemon.scheduler.shutdown()
+
+
 # -- who imports APScheduler -------------------------------------------------------------------
 
 
