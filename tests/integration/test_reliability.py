@@ -52,9 +52,16 @@ SECRET_LIKE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=]
 # -- configuration and runs --------------------------------------------------------------------------------------
 
 
-def config(tmp_path: Path, name: str = "rotator", *, max_key_age: str = "1h", extra: str = "") -> Path:
+def config(
+    tmp_path: Path,
+    name: str = "rotator",
+    *,
+    max_key_age: str = "1h",
+    extra: str = "",
+    validation_timeout: float = VALIDATION_TIMEOUT,
+) -> Path:
     """Short durations: validation_timeout 2 s, no rate limit, guard off; ``extra`` YAML appended."""
-    path = policy_config(tmp_path, name, max_key_age=max_key_age, validation_timeout=VALIDATION_TIMEOUT)
+    path = policy_config(tmp_path, name, max_key_age=max_key_age, validation_timeout=validation_timeout)
     if extra:
         path.write_text(path.read_text() + extra)
     return path
@@ -443,15 +450,18 @@ def test_a_user_blocked_by_a_foreign_key_fails_every_sweep(
     """
     outputs: list[str] = []
     current = bootstrapped(aws, tmp_path, "alice")["alice"]
+    time.sleep(1.1)  # the current key is due (max_key_age 1 s)
+    # A process start-up under coverage on a loaded machine can take seconds: a window of 8 s (not 4) for
+    # the first sweep to see the operator's key young.
+    window = 8.0
+    cfg = config(tmp_path, max_key_age="1s", validation_timeout=window / 2)
     operator_key = operator_creates_key(operator(aws, fault_proxy), aws, "alice")
-    time.sleep(1.1)
-    cfg = config(tmp_path, max_key_age="1s")
     # Within the in-flight window the young key may be another run's rotation (reads are not atomic):
     # reported, not yet a problem.
     young = cli(["sweep"], proxied_aws, cfg, outputs)
     assert young.returncode == 0, young.describe()
     assert any("may be another run's rotation in flight" in e["reason"] for e in young.named("action.skipped"))
-    time.sleep(WINDOW)
+    time.sleep(window)
     steps = steps_of(plan_steps(proxied_aws, cfg, outputs), "alice")
     assert any(a == "skip" and "no free key slot" in r for a, _, r in steps), steps
     for _ in range(2):
