@@ -27,7 +27,7 @@ Of the fault rules, the first one (in the order added) that fires takes the requ
 it, so ``fail_before(op)`` then ``fail_after(op)`` fail the first call before and the second after AWS acted.
 :meth:`FaultProxy.silence` holds every request unanswered until :meth:`FaultProxy.unsilence` or ``stop()``.
 
-Two things moto lacks are stood in for:
+Three things moto lacks are stood in for:
 
 * IAM's credential report: moto's content is live but its ``GeneratedTime`` is fixed in 2015, so the proxy
   rewrites it to the current time. :meth:`FaultProxy.freeze_credential_report` captures the report as it is now
@@ -37,6 +37,12 @@ Two things moto lacks are stood in for:
   succeeded upstream (key id, user, creation date, signer; never the secret key) and serves ``LookupEvents``
   itself, with :attr:`FaultProxy.cloudtrail_delay` (delivery lag) and :attr:`FaultProxy.cloudtrail_enabled`
   (``False``: ``AccessDeniedException``). :meth:`FaultProxy.record_key_creation` adds an event by hand.
+* Atomic checks: moto looks, then acts, in one of its server threads, unlocked: two ``CreateSecret`` calls for
+  one name can both succeed (AWS answers the second ``ResourceExistsException``), two ``CreateAccessKey`` calls
+  for a user with one key can both succeed (AWS answers the second ``LimitExceeded``). The proxy forwards these
+  (:data:`ATOMIC_OPERATIONS`) one at a time per secret name or user, as AWS decides them. A loaded run once
+  saw two lock-step bootstraps both report their rotation done (``test_reliability``), which only this race
+  explains.
 
 What botocore (1.44, urllib3 2) makes of each fault, with retries off (``total_max_attempts=1``):
 
@@ -107,6 +113,9 @@ Action = Literal[
 FAULTS = frozenset({"fail_before", "reset_before", "hang", "fail_after", "reset_after", "truncate_after"})
 HOOKS = frozenset({"hold", "before", "after"})
 RANDOM_KINDS = ("fail_before", "reset_before", "fail_after", "reset_after")
+#: Operations whose check AWS makes atomically and moto does not: forwarded one at a time per resource, by
+#: the parameter that names it.
+ATOMIC_OPERATIONS = {"CreateSecret": "Name", "CreateAccessKey": "UserName"}
 
 ACCOUNT = "123456789012"  # moto's default account
 LOOKUP_ATTRIBUTES = frozenset(
@@ -339,6 +348,8 @@ class FaultProxy:
         self.verify_signatures = verify_signatures
         self.errors: list[BaseException] = []
         self._lock = threading.RLock()
+        #: One lock per ATOMIC_OPERATIONS resource, held while its call is upstream (never with ``_lock``).
+        self._atomic: dict[tuple[str, str], threading.Lock] = {}
         self._key_secrets: dict[str, str] = {}  # never printed: only compared, in _signature_matches
         self._rules: list[Rule] = []
         self._calls: list[Call] = []
@@ -873,6 +884,12 @@ class FaultProxy:
                     + str(uuid.uuid4()).encode()
                     + b"</RequestId></ResponseMetadata></GenerateCredentialReportResponse>"
                 )
+        if call.operation in ATOMIC_OPERATIONS:
+            resource = (call.operation, str(call.params.get(ATOMIC_OPERATIONS[call.operation], "")))
+            with self._lock:
+                atomic = self._atomic.setdefault(resource, threading.Lock())
+            with atomic:
+                return self._forward(call.method, call.path, headers, body)
         return self._forward(call.method, call.path, headers, body)
 
     @staticmethod

@@ -7,6 +7,8 @@ import json
 import random
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -322,6 +324,87 @@ def test_lockstep_releases_two_callers_together(fault_proxy: FaultProxy, aws: Aw
     assert sorted(users(aws)) == ["first", "second"]
     assert forwarded["first"] >= arrived["second"]
     assert abs(forwarded["first"] - forwarded["second"]) < 0.2
+
+
+class UpstreamOverlap(FaultProxy):
+    """Each forward lasts 0.2 s longer; the most forwards of one operation upstream at once is kept."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.in_flight: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+        self._count = threading.Lock()
+
+    def _forward(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Any:
+        target = " ".join(v for k, v in headers if k.lower() == "x-amz-target").encode()  # JSON protocols
+        operation = next(
+            (o for o in ("CreateSecret", "CreateAccessKey", "CreateUser") if o.encode() in target + body), ""
+        )
+        with self._count:
+            self.in_flight[operation] += 1
+            self.peak[operation] = max(self.peak[operation], self.in_flight[operation])
+        try:
+            time.sleep(0.2)
+            return super()._forward(method, path, headers, body)
+        finally:
+            with self._count:
+                self.in_flight[operation] -= 1
+
+
+@pytest.mark.parametrize(
+    ("operation", "refusal"), [("CreateSecret", "ResourceExistsException"), ("CreateAccessKey", "LimitExceeded")]
+)
+def test_checks_aws_makes_atomically_go_upstream_one_at_a_time(operation: str, refusal: str, aws: AwsEnv) -> None:
+    """Eight callers released together: one secret of a name, one more key for a user with one (AWS's answers).
+
+    moto looks, then acts, unlocked (moto/secretsmanager/models.py create_secret, moto/iam/models.py
+    create_access_key), so the proxy forwards these one at a time per resource; other operations, and the
+    same operation on other resources, still go upstream together.
+    """
+    parties = 8
+    for n in range(parties):
+        aws.user(f"user-{n}")
+    aws.user("alice")  # one key: one free slot
+    with UpstreamOverlap(aws.url) as proxy:
+        outcomes: list[str] = []
+
+        def call(n: int) -> None:
+            try:
+                if operation == "CreateSecret":
+                    one_shot(proxy.url, "secretsmanager").create_secret(
+                        Name="iam-keys/alice", SecretString=f"value {n}", ClientRequestToken=f"{n:036d}"
+                    )
+                else:
+                    created = one_shot(proxy.url, "iam").create_access_key(UserName="alice")["AccessKey"]
+                    aws.created_secrets.append(created["SecretAccessKey"])
+                outcomes.append("ok")
+            except ClientError as exc:
+                outcomes.append(exc.response["Error"]["Code"])
+
+        def together(target: Callable[[int], object]) -> None:
+            threads = [threading.Thread(target=target, args=(n,)) for n in range(parties)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+
+        proxy.lockstep(operation, parties=parties)
+        together(call)
+        assert proxy.peak[operation] == 1, "one at a time for one resource"
+        assert sorted(outcomes) == sorted(["ok"] + [refusal] * (parties - 1)), outcomes
+
+        proxy.lockstep("CreateUser", parties=parties)
+        together(lambda n: one_shot(proxy.url, "iam").create_user(UserName=f"other-{n}"))
+        assert proxy.peak["CreateUser"] == parties, "other operations go upstream together"
+        if operation == "CreateAccessKey":
+            proxy.lockstep(operation, parties=parties)
+            together(lambda n: one_shot(proxy.url, "iam").create_access_key(UserName=f"user-{n}"))
+            assert proxy.peak[operation] > 1, "one user's keys do not wait for another's"
+        assert not proxy.errors, proxy.errors
+    if operation == "CreateSecret":
+        assert len(aws.sm.list_secret_version_ids(SecretId="iam-keys/alice")["Versions"]) == 1
+    else:
+        assert len(aws.keys("alice")) == 2
 
 
 def test_before_and_after_callbacks_act_at_the_worst_moment(fault_proxy: FaultProxy, aws: AwsEnv) -> None:
