@@ -148,10 +148,11 @@ class SweepScheduler:
         A stopping daemon keeps renewing its lease while the step in flight ends: without renewals the
         lease would lapse under that step (after 3/4 of ``coordination.lease_ttl``) and fence its next call.
         """
+        if not self._scheduler.running:
+            return
         for job_id in (SWEEP_JOB, RETRY_JOB, TAKEOVER_JOB):
-            if self._scheduler.running and self._scheduler.get_job(job_id) is not None:
-                with contextlib.suppress(JobLookupError):  # it ran (a one-off) since we looked
-                    self._scheduler.remove_job(job_id)
+            with contextlib.suppress(JobLookupError):  # none pending, or a one-off that already ran
+                self._scheduler.remove_job(job_id)
 
     def shutdown(self) -> None:
         """Run no job any more; a job in flight is not waited for (the daemon bounds that wait)."""

@@ -253,7 +253,6 @@ class KeyTimes:
     def __init__(self, aws: AwsEnv, users: list[str]) -> None:
         self.aws = aws
         self.users = users
-        self.published: dict[str, float] = {}  # key id -> the answer that first showed it AWSCURRENT
         self.disabled: dict[str, float] = {}  # key id -> the answer that first showed it Inactive
         self.deleted: dict[str, float] = {}  # key id -> the answer that first showed it gone
         self.replaced_after: dict[str, float] = {}  # key id -> a request that still saw it AWSCURRENT
@@ -277,7 +276,6 @@ class KeyTimes:
                 if user in self._current:
                     self.successor[self._current[user]] = current
                 self._current[user] = current
-                self.published.setdefault(current, answered)
             if current is not None and current not in self.successor:
                 self.replaced_after[current] = asked
             for key_id, status in keys.items():

@@ -334,12 +334,14 @@ class UpstreamOverlap(FaultProxy):
         self.in_flight: Counter[str] = Counter()
         self.peak: Counter[str] = Counter()
         self._count = threading.Lock()
+        self._serving = threading.local()  # the call this request thread serves (the proxy identified it)
+
+    def _act(self, call: Call, headers: list[tuple[str, str]], body: bytes) -> Any:
+        self._serving.operation = call.operation
+        return super()._act(call, headers, body)
 
     def _forward(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Any:
-        target = " ".join(v for k, v in headers if k.lower() == "x-amz-target").encode()  # JSON protocols
-        operation = next(
-            (o for o in ("CreateSecret", "CreateAccessKey", "CreateUser") if o.encode() in target + body), ""
-        )
+        operation = getattr(self._serving, "operation", "")
         with self._count:
             self.in_flight[operation] += 1
             self.peak[operation] = max(self.peak[operation], self.in_flight[operation])
