@@ -37,6 +37,7 @@ from rotator.roles import (
     classify,
     is_ownership_candidate,
     is_proven_own,
+    marked_candidates,
     ownership_candidates,
     secret_problem,
     tag_room_problem,
@@ -488,6 +489,20 @@ class _Planner:
             self.step(Action.SKIP, replaced, f"rotation due but {no_room}", due, problem=True)
             self.later(Action.ROTATE, replaced, due)
             return
+        marked = marked_candidates(self.state, self.policy, roles.unproven)
+        if marked:
+            # Its intent mark is all that keeps such a key a candidate: a new mark in its place would make it
+            # foreign for ever. CloudTrail settles it first (the next sweep asks again), or the operator does.
+            keys = ", ".join(k.key_id for k in marked)
+            self.step(
+                Action.SKIP,
+                replaced,
+                "rotation due but " + _MARK_WOULD_BE_OVERWRITTEN.format(keys=keys),
+                due,
+                problem=True,
+            )
+            self.later(Action.ROTATE, replaced, due)
+            return
         strays = list(roles.strays)
         while free_slots < 1 and strays:
             stray = strays.pop(0)
@@ -507,6 +522,13 @@ class _Planner:
             self.later(Action.ROTATE, replaced, due)
             return
         self.step(Action.ROTATE, replaced, reason, due, cause=cause)
+
+
+#: Why no new attempt starts beside an unproven key of the intent mark it would overwrite (``marked_candidates``).
+_MARK_WOULD_BE_OVERWRITTEN = (
+    "{keys} may be an interrupted rotation's key: a new attempt would overwrite the intent mark that keeps it a "
+    "candidate; waiting until CloudTrail names its creator (or it is deleted by hand)"
+)
 
 
 def after(instant: datetime, delta: timedelta) -> datetime:
@@ -596,6 +618,9 @@ def decide_forced(state: UserState, policy: EffectivePolicy, now: datetime, *, r
             f"a rotation is in flight (key {in_flight[0].key_id}); "
             f"try again after {after(in_flight[0].created, policy.in_flight_window).isoformat()}",
         )
+    marked = marked_candidates(state, policy, roles.unproven)
+    if marked:
+        raise UserError(state.user, _MARK_WOULD_BE_OVERWRITTEN.format(keys=", ".join(k.key_id for k in marked)))
     planner = _Planner(state, policy, now, roles)
     for key in roles.orphans:
         planner.step(Action.CLEANUP, key, "orphan of an interrupted rotation: held by no secret", now)

@@ -108,6 +108,30 @@ def is_ownership_candidate(key: AccessKey, state: UserState, policy: EffectivePo
     )
 
 
+def marked_candidates(
+    state: UserState, policy: EffectivePolicy, unproven: tuple[AccessKey, ...]
+) -> tuple[AccessKey, ...]:
+    """The ``unproven`` keys whose candidacy rests on the mark a new attempt would overwrite.
+
+    A rotation writes its intent mark on the secret, a bootstrap on the user: the same two tags, one mark per
+    place. Written again, the mark lists every existing key as already there, so a key that was a candidate of
+    the old mark becomes foreign for ever - an orphan of the rotator's that nobody cleans (I3; found by the
+    simulation, seed 71028: a bootstrap's lost CreateAccessKey answer, one failed CloudTrail lookup, then a new
+    bootstrap in the slot an inactive key freed).
+    """
+    on_secret = state.secret.exists
+    return tuple(
+        key
+        for key in unproven
+        if any(
+            mark.on_secret == on_secret
+            and key.key_id not in mark.keys
+            and abs(key.created - mark.started) <= policy.validation_timeout
+            for mark in state.intent_marks
+        )
+    )
+
+
 #: IAM's limit of tags per user.
 IAM_USER_TAG_LIMIT = 50
 #: Tags a bootstrap writes on the user: the intent mark (2) and its key's ownership record (1).

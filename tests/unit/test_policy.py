@@ -797,6 +797,25 @@ CASES = [
         ),
         id="another-keys-record-proves-nothing",
     ),
+    # A bootstrap whose CreateAccessKey answer was lost left NEW near its mark; the legacy key is Inactive now,
+    # so a slot could be freed. A new bootstrap would write its mark over the one that keeps NEW a candidate
+    # (listing NEW as already there): NEW foreign for ever, an orphan nobody cleans (I3; simulation seed 71028).
+    pytest.param(
+        Case(
+            user(ORPHAN, key(STRAY, INACTIVE, created=at(days=-100)), tags=started(MARK, STRAY)),
+            ORPHAN_DUE,
+            [unproven(NEW, due_at=ORPHAN_DUE), stuck(None, "overwrite the intent mark that keeps it a candidate")],
+        ),
+        id="no-new-attempt-over-the-mark-of-an-unproven-candidate",
+    ),
+    pytest.param(
+        Case(
+            user(ORPHAN, key(STRAY, INACTIVE, created=at(days=-100)), tags=started(MARK, STRAY), creators={NEW: True}),
+            ORPHAN_DUE,
+            [cleanup(NEW, "orphan"), rotate(None, "no secret and no key yet")],
+        ),
+        id="cloudtrail-settles-the-candidate-then-the-bootstrap-runs",
+    ),
     pytest.param(
         Case(
             user(
@@ -1729,6 +1748,20 @@ def assert_safe(scenario: Scenario, plan: UserPlan) -> None:
         assert not [s for s in plan.steps if s.mutating and s.action is not Action.CLEANUP], plan.steps
     if pending_key_id(state) is not None and not abandoned_pending(state, plan):
         assert created == 0
+    # I3: a new key's rotation writes its intent mark over the one in its place (the secret's, or the user's for
+    # a bootstrap) and lists every existing key as already there: no key may then lose the candidacy only that
+    # mark gave it (it would be foreign for ever, an orphan nobody cleans; simulation seed 71028).
+    if created:
+        place = state.secret.tags if state.secret.exists else state.tags
+        mark = parse_instant(place.get(USER_TAG_ROTATION_STARTED) or None)
+        listed = place.get(USER_TAG_ROTATION_KEYS, "").split()
+        assert mark is None or not [
+            k
+            for k in state.keys
+            if ownership_candidate(state, policy_, k)
+            and k.key_id not in listed
+            and abs(k.created - mark) <= policy_.validation_timeout
+        ], plan.steps
 
 
 def abandoned_pending(state: UserState, plan: UserPlan) -> bool:
