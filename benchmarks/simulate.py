@@ -157,9 +157,17 @@ MUTANTS = (
         "defect found by the simulation: loser removes the intent mark",
         "rotation.py",
         "            if isinstance(exc, LimitExceededError):\n                # Another key took the slot",
-        "            self.clear_marks(state, None, on_secret=on_secret)\n"
+        "            if on_secret:\n                self.aws.tag_secret(state.secret.name, MARK_CLEARED)\n"
+        "            else:\n                self.untag(state, list(MARK_TAGS))\n"
         "            if isinstance(exc, LimitExceededError):\n                # Another key took the slot",
         "the fix of the defect the simulation found (seed 32): reverted, a crashed rotation's key is orphaned",
+    ),
+    Mutant(
+        "defect found by the simulation: a withdrawal removes the intent mark",
+        "rotation.py",
+        "            self.untag(state, [own_tag(key_id)])\n",
+        "            self.untag(state, [own_tag(key_id), *MARK_TAGS])\n",
+        "the fix of the defect the simulation found (seed 80576): reverted, another run's bootstrap key is orphaned",
     ),
 )
 

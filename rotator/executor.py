@@ -65,6 +65,7 @@ from rotator.model import (
     Step,
     UserPlan,
     UserState,
+    own_tag,
     version_id_for,
 )
 from rotator.policy import decide_forced, plan_user
@@ -404,7 +405,10 @@ class Executor:
                 self.aws.move_stage(state.secret.name, AWSPENDING, from_version=version_id_for(step.key_id))
             self._delete(state, step.key_id)
             self.emit(OrphanDeleted(**self._ctx(step), reason=step.reason))
-            self.rotation.clear_marks(state, step.key_id, on_secret=any(m.on_secret for m in state.intent_marks))
+            if own_tag(step.key_id) in state.tags:
+                # Its record goes with it; the intent mark stays for the repair (a concurrent attempt may have
+                # written its own since our re-read: Rotation._withdraw).
+                self.rotation.untag(state, [own_tag(step.key_id)])
         return state
 
     # -- the steps --------------------------------------------------------------------------------

@@ -404,6 +404,7 @@ class Inventory:
             arn=summary.arn,
             version_users=version_users,
             deleted=summary.deleted,
+            created=summary.created,
         )
 
     def _key_in_version(self, name: str, version: str) -> tuple[str | None, str | None]:

@@ -30,6 +30,9 @@ TAG_MANAGED = "rotator:managed"
 TAG_CURRENT_KEY = "rotator:current-key-id"
 TAG_CURRENT_CREATED = "rotator:current-key-created"
 TAG_PUBLISHED_AT = "rotator:published-at"
+#: ``published-at`` of a key a bootstrap published by creating the secret: the publication *is* the
+#: creation, whose time Secrets Manager keeps (``CreatedDate``), so no ``TagResource`` has to record it.
+PUBLISHED_AT_CREATION = "secret-created"
 TAG_PREVIOUS_KEY = "rotator:previous-key-id"
 TAG_PREVIOUS_CREATED = "rotator:previous-key-created"
 TAG_DISABLED_KEY = "rotator:disabled-key-id"
@@ -214,6 +217,8 @@ class SecretState:
     version_users: Mapping[str, str] = field(default_factory=dict)
     #: Scheduled for deletion: neither written nor re-created until it is restored or purged.
     deleted: bool = False
+    #: ``CreatedDate``: when Secrets Manager created the secret (and, for a bootstrap, published its key).
+    created: datetime | None = None
 
     @property
     def owner(self) -> str | None:
@@ -247,6 +252,12 @@ class SecretState:
         return parse_instant(self.tags.get(time_tag))
 
     def published_at(self, key_id: str) -> datetime | None:
+        if self.tags.get(TAG_CURRENT_KEY) == key_id and self.tags.get(TAG_PUBLISHED_AT) == PUBLISHED_AT_CREATION:
+            # Published by CreateSecret (a bootstrap: the tag went with the secret, atomically). A later
+            # publication rewrites both tags in one TagResource, so the pair names this key only while it is
+            # the one the secret was created with. One second added: CreatedDate may be truncated (moto keeps
+            # whole seconds), and the grace period may only grow (I5).
+            return self.created + timedelta(seconds=1) if self.created is not None else None
         return self.recorded_time(TAG_CURRENT_KEY, TAG_PUBLISHED_AT, key_id)
 
     def disabled_at(self, key_id: str) -> datetime | None:

@@ -67,6 +67,8 @@ class SecretSummary:
     last_changed: datetime | None = None
     #: ``DeletedDate`` is set: scheduled for deletion (restore or purge it before it is written again).
     deleted: bool = False
+    #: ``CreatedDate``: when the secret (and a bootstrap's publication) was created.
+    created: datetime | None = None
 
     def stage_is_where(self, stage: str, *, to_version: str | None, from_version: str | None) -> bool:
         """The label already is where ``UpdateSecretVersionStage(to_version, from_version)`` would put it.

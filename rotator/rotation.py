@@ -12,7 +12,7 @@ Rotation (secret exists)::
 Bootstrap (no secret; a first version is always AWSCURRENT, so validate *before* storing)::
 
     tag user rotation-started -> CreateAccessKey -> tag user own:<key> -> validate
-      -> CreateSecret(token=uuid5(key), tags name the previous key) -> tag secret published-at -> untag user
+      -> CreateSecret(token=uuid5(key), tags name the previous key, published-at=secret-created) -> untag user
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from rotator.model import (
     AWSPENDING,
     MARK_CLEARED,
     MARK_TAGS,
+    PUBLISHED_AT_CREATION,
     TAG_CURRENT_CREATED,
     TAG_CURRENT_KEY,
     TAG_MANAGED,
@@ -153,8 +154,8 @@ class Rotation:
                 raise ConcurrentlyDone(
                     f"{state.user}: key limit reached: another key appeared since the re-read; not rotated"
                 ) from exc
-            # AWS did not act: the mark must not outlive the attempt (it proves nothing about later keys).
-            self.clear_marks(state, None, on_secret=on_secret)
+            # AWS did not act. The mark stays for the repair to remove once older than the in-flight window: the
+            # mark now in place may be a concurrent attempt's, written over ours (see _withdraw).
             raise
         self.emit(KeyCreated(account=state.account, user=state.user, key_id=key.key_id, sweep_id=self.sweep_id))
         if on_secret:
@@ -179,18 +180,14 @@ class Rotation:
         self.emit(
             KeyWithdrawn(account=state.account, user=state.user, key_id=key_id, sweep_id=self.sweep_id, reason=why)
         )
-        # The attempt is over: neither its record nor its intent mark may speak for keys created later.
-        self.clear_marks(state, key_id, on_secret=state.secret.exists)
-
-    def clear_marks(self, state: UserState, key_id: str | None, *, on_secret: bool) -> None:
-        """Remove an attempt's intent mark (and on the user its key's record); best effort."""
-        try:
-            if on_secret:
-                self.aws.tag_secret(state.secret.name, MARK_CLEARED)
-            if not on_secret or state.in_flight_tags:
-                self.aws.untag_user(state.user, [*([own_tag(key_id)] if key_id else []), *MARK_TAGS])
-        except AwsError:
-            return  # a stale record of a deleted key, or a stale mark, only costs a report line
+        # The attempt is over: its record goes. Its intent mark stays, for the repair to remove once older than the
+        # in-flight window: the mark in place now may be a concurrent attempt's, written over ours while this one
+        # failed, and removing it would leave that attempt's key unmarked - foreign for ever should it crash before
+        # its record, an orphan nobody cleans (I3; found by the simulation, seed 80576: a bootstrap withdrew its key
+        # when its record could not be written, then removed the mark the other replica's bootstrap had just
+        # written). A stale mark only makes a key created near it a candidate that CloudTrail settles.
+        if not state.secret.exists:
+            self.untag(state, [own_tag(key_id)])
 
     def untag(self, state: UserState, tags: list[str]) -> None:
         try:
@@ -258,6 +255,9 @@ class Rotation:
                 TAG_USER: state.user,
                 TAG_CURRENT_KEY: key.key_id,
                 TAG_CURRENT_CREATED: iso(key.created),
+                # The publication is the secret's creation: Secrets Manager keeps its time (CreatedDate),
+                # so the grace period counts from there without a TagResource after it (SecretState.published_at).
+                TAG_PUBLISHED_AT: PUBLISHED_AT_CREATION,
             }
         )
         if replaced is not None:
@@ -360,7 +360,8 @@ class Rotation:
         self.aws.tag_secret(state.secret.name, tags)
 
     def _published(self, state: UserState, key_id: str, replaced: AccessKey | None, *, resumed: bool) -> None:
-        self._finish(state, key_id)  # first: the secret holds the key now (see _publish)
+        """A bootstrap's publication is over: CreateSecret recorded its time (``published-at=secret-created``)."""
+        self._finish(state, key_id)  # the secret holds the key now (see _publish)
         self.emit(
             KeyPublished(
                 account=state.account,
@@ -372,7 +373,6 @@ class Rotation:
                 resumed=resumed,
             )
         )
-        self.aws.tag_secret(state.secret.name, {TAG_PUBLISHED_AT: iso(self.clock())})
 
     def _finish(self, state: UserState, key_id: str) -> None:
         # The secret now holds the key: its ownership record and the intent mark have done their work.

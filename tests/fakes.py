@@ -284,6 +284,7 @@ class _Secret:
     tags: dict[str, str] = field(default_factory=dict)
     versions: dict[str, _Version] = field(default_factory=dict)
     deleted: bool = False
+    created: datetime | None = None
 
     def holder(self, stage: str) -> str | None:
         return next((vid for vid, version in self.versions.items() if stage in version.stages), None)
@@ -345,7 +346,7 @@ class FakeSecrets:
         if name in self.store:
             raise ConflictError(f"fake: secretsmanager: {name} exists", code="ResourceExistsException")
         arn = f"arn:aws:secretsmanager:{self.region}:{self.account}:secret:{name}-AbCdEf"
-        secret = _Secret(name, arn, self.clock(), dict(tags))
+        secret = _Secret(name, arn, self.clock(), dict(tags), created=self.clock())
         secret.versions[token] = _Version(value.reveal(), {AWSCURRENT})  # a first version is always current
         self.store[name] = secret
         return arn
@@ -427,6 +428,7 @@ class FakeSecrets:
             versions={vid: tuple(sorted(v.stages)) for vid, v in secret.versions.items() if v.stages},
             last_changed=secret.changed,
             deleted=secret.deleted,
+            created=secret.created,
         )
 
 

@@ -126,6 +126,7 @@ class SecretsAdapter:
 
 def _summary(item: Mapping[str, Any], versions: Mapping[str, list[str]]) -> SecretSummary:
     changed = item.get("LastChangedDate")
+    created = item.get("CreatedDate")
     return SecretSummary(
         name=item["Name"],
         arn=item.get("ARN", ""),
@@ -136,6 +137,7 @@ def _summary(item: Mapping[str, Any], versions: Mapping[str, list[str]]) -> Secr
         },
         last_changed=as_utc(changed) if isinstance(changed, datetime) else None,
         deleted=bool(item.get("DeletedDate")),
+        created=as_utc(created) if isinstance(created, datetime) else None,
     )
 
 

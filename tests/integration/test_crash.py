@@ -25,7 +25,7 @@ from helpers import MotoServer
 
 from rotator.app import App
 from rotator.config import load_settings
-from rotator.model import Action
+from rotator.model import PUBLISHED_AT_CREATION, Action
 
 USER = "svc-crash"
 VALIDATION_TIMEOUT = 1.0  # seconds; the in-flight window is twice that
@@ -43,7 +43,7 @@ ROTATION = (
     "UpdateSecretVersionStage",  # AWSPENDING removed
     "TagResource",  # current/previous ids, published-at; the mark cleared
 )
-BOOTSTRAP = ("TagUser", "CreateAccessKey", "TagUser", "CreateSecret", "UntagUser", "TagResource")
+BOOTSTRAP = ("TagUser", "CreateAccessKey", "TagUser", "CreateSecret", "UntagUser")  # CreateSecret records published-at
 DISABLE = ("UpdateAccessKey", "TagResource")
 DELETE = ("DeleteAccessKey", "TagResource")  # the deletion record keeps a stale report honest
 OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -101,6 +101,17 @@ def key_dates(aws: AwsEnv, user: str) -> dict[str, datetime]:
 def secret_tags(aws: AwsEnv, user: str) -> dict[str, str]:
     described = aws.sm.describe_secret(SecretId=f"iam-keys/{user}")
     return {t["Key"]: t["Value"] for t in described.get("Tags", [])}
+
+
+def published_at(aws: AwsEnv, user: str) -> datetime:
+    """When the current key's grace period starts: ``published-at``, or for a bootstrap's key (``secret-created``)
+    the secret's CreatedDate plus the one second the rotator adds (``SecretState.published_at``)."""
+    described = aws.sm.describe_secret(SecretId=f"iam-keys/{user}")
+    recorded = {t["Key"]: t["Value"] for t in described.get("Tags", [])}["rotator:published-at"]
+    if recorded == PUBLISHED_AT_CREATION:
+        created: datetime = described["CreatedDate"]
+        return created.astimezone(UTC) + timedelta(seconds=1)
+    return datetime.fromisoformat(recorded)
 
 
 def secret_exists(aws: AwsEnv, user: str) -> bool:
@@ -201,7 +212,7 @@ def setup_disable(aws: AwsEnv, tmp_path: Path, in_process: InProcess) -> Setup:
     tags = secret_tags(aws, USER)
     k1 = tags["rotator:current-key-id"]
     crash = policy_config(tmp_path, "crash", grace_period="1s", validation_timeout=VALIDATION_TIMEOUT)
-    sleep_until(datetime.fromisoformat(tags["rotator:published-at"]) + timedelta(seconds=1.05))
+    sleep_until(published_at(aws, USER) + timedelta(seconds=1.05))
     return Setup(crash, {k0, k1}, k1, k0)
 
 
@@ -212,7 +223,7 @@ def setup_delete(aws: AwsEnv, tmp_path: Path, in_process: InProcess) -> Setup:
     in_process(setup)  # bootstrap
     tags = secret_tags(aws, USER)
     k1 = tags["rotator:current-key-id"]
-    sleep_until(datetime.fromisoformat(tags["rotator:published-at"]) + timedelta(seconds=1.05))
+    sleep_until(published_at(aws, USER) + timedelta(seconds=1.05))
     in_process(setup)  # disables K0
     assert aws.keys(USER) == {k0: "Inactive", k1: "Active"}
     disabled_at = datetime.fromisoformat(secret_tags(aws, USER)["rotator:disabled-at"])
@@ -243,7 +254,7 @@ def assert_scenario_outcome(scenario: str, aws: AwsEnv, setup: Setup, current: s
         assert keys == {setup.current: "Active", setup.previous: "Inactive"}  # I5: retention 1 h
         tags = secret_tags(aws, USER)
         assert tags["rotator:disabled-key-id"] == setup.previous
-        published = datetime.fromisoformat(tags["rotator:published-at"])
+        published = published_at(aws, USER)
         disabled = datetime.fromisoformat(tags["rotator:disabled-at"])
         assert disabled >= published + timedelta(seconds=1), "I5: disabled before its grace period"
     elif scenario == "delete":

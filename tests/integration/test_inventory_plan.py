@@ -395,7 +395,9 @@ def test_a_stale_credential_report_does_not_undo_the_rotators_own_disable(
     [old] = aws.user("app", keys=1, tags={"rotator:grace-period": "1s"})
     time.sleep(1.05)  # the new key's CreateDate lands in another second than the old one's
     assert not make_app().sweep().failed  # bootstrap: old becomes the previous key
-    time.sleep(1.1)  # past the 1s grace period
+    # Past the 1 s grace period, which counts from the secret's CreatedDate + 1 s (moto's has whole seconds).
+    created = aws.sm.describe_secret(SecretId="iam-keys/app")["CreatedDate"]
+    time.sleep(max(0.0, created.timestamp() + 2.1 - time.time()))
     app = make_app()
     stale = app.base_aws().credential_report()  # still shows the old key Active
     assert not app.sweep().failed  # disables it

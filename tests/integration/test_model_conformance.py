@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -329,6 +329,27 @@ def test_versions_and_staging_labels(backend: Backend) -> None:
     assert refused(lambda: backend.port.secret_value("s", stage="NOPE"), NotFoundError).code == (
         "ResourceNotFoundException"
     )
+
+
+def test_created_date_is_the_secret_s_creation_and_stays(backend: Backend) -> None:
+    """``CreatedDate`` (DescribeSecret, ListSecrets) is when the secret and its first version were created, and
+    later versions, label moves and tags leave it: a bootstrap's publication time (``published-at=secret-created``).
+
+    https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_DescribeSecret.html
+    """
+    before = backend.world.clock() if backend.world is not None else datetime.now(UTC)
+    create(backend, name="iam-keys/s")
+    described = backend.port.describe_secret("iam-keys/s")
+    assert described is not None and described.created is not None
+    created = described.created
+    assert before - timedelta(seconds=1) <= created <= before + timedelta(seconds=5), (before, created)
+    backend.port.put_secret_value("iam-keys/s", SecretText("v2"), V2, [AWSPENDING])
+    backend.port.move_stage("iam-keys/s", AWSCURRENT, to_version=V2, from_version=V1)
+    backend.port.tag_secret("iam-keys/s", {"rotator:published-at": "2030-01-01T00:00:00+00:00"})
+    again = backend.port.describe_secret("iam-keys/s")
+    assert again is not None and again.created == created
+    (listed,) = backend.port.secrets("iam-keys/")
+    assert listed.created == created
 
 
 def test_a_repeated_client_request_token(backend: Backend) -> None:

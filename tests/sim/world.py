@@ -470,6 +470,7 @@ class _Secret:
             versions={vid: tuple(sorted(v.stages)) for vid, v in self.versions.items() if v.stages},
             last_changed=self.changed,
             deleted=self.deleted_at is not None,
+            created=self.created,
         )
 
 

@@ -8,7 +8,7 @@ integration tests read, without a server. Faults are injected at the port (``fau
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import pytest
@@ -23,6 +23,7 @@ from rotator.model import (
     AWSCURRENT,
     AWSPENDING,
     AWSPREVIOUS,
+    PUBLISHED_AT_CREATION,
     TAG_CURRENT_KEY,
     TAG_DISABLED_KEY,
     TAG_MANAGED,
@@ -112,8 +113,7 @@ def test_bootstrap_validates_the_new_key_before_the_secret_exists() -> None:
         "iam:TagUser",  # ownership record
         "secretsmanager:CreateSecret",
         "iam:UntagUser",  # record and mark have done their work
-        "secretsmanager:TagResource",  # published-at
-    ]
+    ]  # no TagResource: the publication's time is the secret's CreatedDate
     calls = world.fake.faults.calls
     assert calls.index("sts:GetCallerIdentity") < calls.index("secretsmanager:CreateSecret")
     new = world.current_key()
@@ -124,7 +124,7 @@ def test_bootstrap_validates_the_new_key_before_the_secret_exists() -> None:
     assert tags[TAG_MANAGED] == "true"
     assert tags[TAG_USER] == USER
     assert (tags[TAG_CURRENT_KEY], tags[TAG_PREVIOUS_KEY]) == (new, old)
-    assert TAG_PUBLISHED_AT in tags
+    assert tags[TAG_PUBLISHED_AT] == PUBLISHED_AT_CREATION
     assert world.user_tags() == {"rotator": "enabled"}
     assert [e.key_id for e in world.events_of(KeyCreated)] == [new]
     assert [e.key_id for e in world.events_of(KeyPublished)] == [new]
@@ -181,6 +181,51 @@ def test_the_previous_key_is_disabled_after_the_grace_period_then_deleted_after_
     assert world.current_key() == new
 
 
+def test_a_bootstrap_s_grace_period_counts_from_the_secret_s_creation_rounded_up_to_the_second() -> None:
+    """The bootstrap records no publication time of its own: the grace period of the pre-existing key runs from
+    Secrets Manager's ``CreatedDate`` plus one second (a truncated CreatedDate may not shorten it, I5)."""
+    world = World()
+    world.fake.iam.add_user(USER)
+    old = world.fake.iam.add_key(USER, age=100 * DAY).key_id
+    world.run()
+    created = world.fake.secrets.store[SECRET].created
+    assert created is not None
+    due = created + world.settings.policy.grace_period + timedelta(seconds=1)
+
+    world.fake.clock.advance(due - world.fake.clock() - timedelta(milliseconds=10))
+    assert world.run().done == []  # 10 ms before: still in its grace period
+    assert world.fake.iam.keys(USER)[old] is KeyStatus.ACTIVE
+    world.fake.clock.advance(timedelta(milliseconds=20))
+    outcome = world.run()
+
+    assert [(step.action, step.key_id) for step in outcome.done] == [(Action.DISABLE, old)]
+
+
+def test_a_published_at_from_creation_speaks_only_for_the_key_the_secret_was_created_with() -> None:
+    """A rotation after the bootstrap rewrites ``current-key-id`` and ``published-at`` together; should it crash
+    between moving AWSCURRENT and that TagResource, the creation time must not lend the new key an old
+    publication (which would end the grace period at once): the repair records the publication as now."""
+    world = World()
+    first = published(world)
+    world.fake.clock.advance(world.settings.policy.max_key_age + DAY)
+    world.fake.faults.before("TagResource", lambda: None)  # the intent mark goes through
+    world.fake.faults.fail("TagResource")  # the publication's records do not
+    world.run()
+    new = world.current_key()
+    assert new != first
+    tags = world.fake.secrets.store[SECRET].tags
+    assert (tags[TAG_CURRENT_KEY], tags[TAG_PUBLISHED_AT]) == (first, PUBLISHED_AT_CREATION)
+
+    repaired_at = world.fake.clock()
+    world.run()  # repairs the publication's records
+    tags = world.fake.secrets.store[SECRET].tags
+    assert tags[TAG_CURRENT_KEY] == new
+    assert tags[TAG_PUBLISHED_AT] != PUBLISHED_AT_CREATION
+    assert datetime.fromisoformat(tags[TAG_PUBLISHED_AT]) >= repaired_at
+    world.fake.clock.advance(world.settings.policy.grace_period - DAY)
+    assert [step.action for step in world.run().done] == []  # the grace period counts from the repair
+
+
 def test_a_key_created_concurrently_wins_the_slot_and_the_rotation_steps_back() -> None:
     """IAM's two-key limit decides a race (I8): the loser touches nothing else; its intent mark stays (the key
     that won may be a crashed rotation's, never recorded: the mark lets CloudTrail settle whose it is, I3)."""
@@ -205,6 +250,30 @@ def test_a_key_created_concurrently_wins_the_slot_and_the_rotation_steps_back() 
     assert len(world.events_of(ActionSkipped)) == 1
 
 
+def test_a_withdrawn_bootstrap_leaves_the_intent_mark_another_run_wrote_meanwhile() -> None:
+    """Simulation seed 80576: a bootstrap's ownership record fails, so it withdraws its key; meanwhile another
+    replica's bootstrap wrote its own intent mark over ours. The withdrawal removes its own record only: had it
+    removed "its" mark it would have removed the other run's, whose key - should that run crash before its
+    record - would then be foreign for ever (I3). The repair removes a mark once older than the in-flight window.
+    """
+    world = World()
+    world.fake.iam.add_user(USER)
+    world.fake.iam.add_key(USER, age=100 * DAY)
+    theirs = {USER_TAG_ROTATION_STARTED: "2030-01-01T00:00:00+00:00", USER_TAG_ROTATION_KEYS: "AKIAOTHERRUN00000001"}
+    world.fake.faults.before("TagUser", lambda: None)  # our intent mark
+    world.fake.faults.fail("TagUser")  # our ownership record
+    world.fake.faults.before("DeleteAccessKey", lambda: world.fake.iam.users[USER].tags.update(theirs))
+
+    outcome = world.run()
+
+    assert len(outcome.failed) == 1
+    [created] = [e.key_id for e in world.events_of(KeyCreated)]
+    assert [e.key_id for e in world.events_of(KeyWithdrawn)] == [created]
+    tags = world.user_tags()
+    assert {t: tags.get(t) for t in theirs} == theirs, tags  # the other run's mark is still in place
+    assert not [t for t in tags if t.startswith("rotator:own:")], tags
+
+
 @pytest.mark.parametrize("maybe_acted", [False, True], ids=["definite", "answer-lost-not-stored"])
 def test_a_new_key_whose_secret_version_cannot_be_written_is_withdrawn(maybe_acted: bool) -> None:
     world = World()
@@ -222,5 +291,5 @@ def test_a_new_key_whose_secret_version_cannot_be_written_is_withdrawn(maybe_act
     assert world.fake.iam.keys(USER) == {current: KeyStatus.ACTIVE}
     assert world.fake.secrets.stages(SECRET) == versions_before
     assert not any(AWSPENDING in stages for stages in world.fake.secrets.stages(SECRET).values())
-    assert world.user_tags() == {"rotator": "enabled"}  # no record or mark outlives the attempt
+    assert world.user_tags() == {"rotator": "enabled"}  # no record on the user (the mark waits for the repair)
     assert world.current_key() == current
