@@ -347,8 +347,6 @@ class _Planner:
             reason = "quarantined by AWS: bootstrap now, the exposed key is disabled once the new one is published"
         elif replaced:
             reason = "no secret yet: bootstrap, the existing key becomes the previous key"
-        elif roles.unproven:
-            reason = "no secret yet: create the first key (beside a key of unproven ownership)"
         else:
             reason = "no secret and no key yet: create the first key"
         cause = "quarantine" if replaced is not None and replaced.key_id in self.exposed else None

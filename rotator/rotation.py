@@ -103,6 +103,8 @@ class Rotation:
         #: Writes the ownership record of a key this run has just created, past any guard on ``aws``: that
         #: record changes no credential and lets the next leader clean the key (docs/design.md, "Fencing").
         self.recorder = recorder or aws
+        #: user -> ``rotation-started`` of the intent mark this run wrote (one attempt per user at a time).
+        self._marks: dict[str, str] = {}
         self.settings = settings
         self.emit = emit
         self.clock = clock
@@ -125,6 +127,7 @@ class Rotation:
         on_secret = state.secret.exists
         existing = " ".join(sorted(k.key_id for k in state.keys))
         intent = {USER_TAG_ROTATION_STARTED: iso(self.clock()), USER_TAG_ROTATION_KEYS: existing}
+        self._marks[state.user] = intent[USER_TAG_ROTATION_STARTED]
         try:
             if on_secret:
                 self.aws.tag_secret(state.secret.name, intent)
@@ -154,8 +157,8 @@ class Rotation:
                 raise ConcurrentlyDone(
                     f"{state.user}: key limit reached: another key appeared since the re-read; not rotated"
                 ) from exc
-            # AWS did not act. The mark stays for the repair to remove once older than the in-flight window: the
-            # mark now in place may be a concurrent attempt's, written over ours (see _withdraw).
+            # AWS did not act: the mark must not outlive the attempt, if it is still ours (_clear_own_mark).
+            self._clear_own_mark(state)
             raise
         self.emit(KeyCreated(account=state.account, user=state.user, key_id=key.key_id, sweep_id=self.sweep_id))
         if on_secret:
@@ -180,14 +183,33 @@ class Rotation:
         self.emit(
             KeyWithdrawn(account=state.account, user=state.user, key_id=key_id, sweep_id=self.sweep_id, reason=why)
         )
-        # The attempt is over: its record goes. Its intent mark stays, for the repair to remove once older than the
-        # in-flight window: the mark in place now may be a concurrent attempt's, written over ours while this one
-        # failed, and removing it would leave that attempt's key unmarked - foreign for ever should it crash before
-        # its record, an orphan nobody cleans (I3; found by the simulation, seed 80576: a bootstrap withdrew its key
-        # when its record could not be written, then removed the mark the other replica's bootstrap had just
-        # written). A stale mark only makes a key created near it a candidate that CloudTrail settles.
+        # The attempt is over: neither its record nor its intent mark (if still ours) may speak for later keys.
         if not state.secret.exists:
             self.untag(state, [own_tag(key_id)])
+        self._clear_own_mark(state)
+
+    def _clear_own_mark(self, state: UserState) -> None:
+        """Remove this attempt's intent mark if it is still the one in place (best effort; one read first).
+
+        Two runs' marks share the two tags: a concurrent attempt may have written its own over ours since, and
+        removing that one would leave its key unmarked - foreign for ever should it crash before its record, an
+        orphan nobody cleans (I3; found by the simulation, seed 80576: a bootstrap withdrew its key when its
+        record could not be written, then removed the mark the other replica's bootstrap had just written). Tags
+        have no conditional writes, so a window of one call remains; a mark left behind is the repair's, once
+        older than the in-flight window.
+        """
+        ours = self._marks.pop(state.user, None)
+        if ours is None:
+            return
+        try:
+            if state.secret.exists:
+                summary = self.aws.describe_secret(state.secret.name)
+                if summary is not None and summary.tags.get(USER_TAG_ROTATION_STARTED) == ours:
+                    self.aws.tag_secret(state.secret.name, MARK_CLEARED)
+            elif self.aws.user(state.user).tags.get(USER_TAG_ROTATION_STARTED) == ours:
+                self.aws.untag_user(state.user, list(MARK_TAGS))
+        except AwsError:
+            return  # a stale mark only makes a key created near it a candidate that CloudTrail settles
 
     def untag(self, state: UserState, tags: list[str]) -> None:
         try:
@@ -202,6 +224,12 @@ class Rotation:
 
     def rotate(self, state: UserState, plan: UserPlan, step: Step) -> str:
         """A fresh rotation (or bootstrap): returns the id of the key it published."""
+        try:
+            return self._rotate(state, plan, step)
+        finally:
+            self._marks.pop(state.user, None)
+
+    def _rotate(self, state: UserState, plan: UserPlan, step: Step) -> str:
         policy = _resolved(plan)
         replaced = plan.roles.current if state.secret.exists else state.key(step.key_id)
         key = self._start(state)

@@ -103,14 +103,15 @@ def secret_tags(aws: AwsEnv, user: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in described.get("Tags", [])}
 
 
-def published_at(aws: AwsEnv, user: str) -> datetime:
-    """When the current key's grace period starts: ``published-at``, or for a bootstrap's key (``secret-created``)
-    the secret's CreatedDate plus the one second the rotator adds (``SecretState.published_at``)."""
+def published_at(aws: AwsEnv, user: str, *, as_counted: bool = True) -> datetime:
+    """When the current key was published: ``published-at``, or for a bootstrap's key (``secret-created``) the
+    secret's CreatedDate, the publication itself; ``as_counted`` adds the second the rotator adds before its grace
+    period starts (``SecretState.published_at``: CreatedDate may be cut to the second), to wait for it."""
     described = aws.sm.describe_secret(SecretId=f"iam-keys/{user}")
     recorded = {t["Key"]: t["Value"] for t in described.get("Tags", [])}["rotator:published-at"]
     if recorded == PUBLISHED_AT_CREATION:
         created: datetime = described["CreatedDate"]
-        return created.astimezone(UTC) + timedelta(seconds=1)
+        return created.astimezone(UTC) + timedelta(seconds=1 if as_counted else 0)
     return datetime.fromisoformat(recorded)
 
 
@@ -254,7 +255,7 @@ def assert_scenario_outcome(scenario: str, aws: AwsEnv, setup: Setup, current: s
         assert keys == {setup.current: "Active", setup.previous: "Inactive"}  # I5: retention 1 h
         tags = secret_tags(aws, USER)
         assert tags["rotator:disabled-key-id"] == setup.previous
-        published = published_at(aws, USER)
+        published = published_at(aws, USER, as_counted=False)  # I5 against the publication AWS recorded
         disabled = datetime.fromisoformat(tags["rotator:disabled-at"])
         assert disabled >= published + timedelta(seconds=1), "I5: disabled before its grace period"
     elif scenario == "delete":

@@ -604,15 +604,18 @@ def test_rotate_whose_put_secret_value_fails_withdraws_the_new_key(
 def test_a_withdrawn_key_leaves_no_intent_mark_behind(
     aws: AwsEnv, proxied_aws: AwsEnv, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    """Item 3a / I9 / I10: once its new key is withdrawn (known id, deleted), a failed rotation's intent mark is
-    left for the repair (the mark in place may be a concurrent attempt's by then: simulation seed 80576). A key an
-    operator creates right after the failure (the natural reaction) is then an ownership candidate, and CloudTrail
-    names the operator: foreign, left alone, the sweep succeeds, and the repair removes the stale mark.
+    """Item 3a / I9 / I10: once its new key is withdrawn (known id, deleted), a failed rotation leaves no intent
+    mark: a stale mark would make a key an operator creates right after the failure (the natural reaction) an
+    ownership candidate - without CloudTrail "ownership unproven", failing every sweep - instead of foreign.
+
+    (The mark is removed only while it is still the attempt's own: a concurrent attempt may have written its own
+    over it, simulation seed 80576. The path where CreateAccessKey itself is refused does the same.)
     """
     outputs: list[str] = []
     cfg = config(tmp_path)
     current = bootstrapped(aws, tmp_path, "alice")["alice"]
     fault_proxy.fail_before("PutSecretValue")
+    fault_proxy.cloudtrail_enabled = False
     ops = operator(aws, fault_proxy)
     made: list[str] = []
     # the operator creates a key the moment the rotator's is withdrawn (well within validation_timeout of the mark)
@@ -628,7 +631,7 @@ def test_a_withdrawn_key_leaves_no_intent_mark_behind(
     assert aws.keys("alice") == {current: "Active", operator_key: "Active"}
     assert planned and "foreign" in planned[0], f"the operator's key is not foreign: {planned}"
     assert sweep.returncode == 0, sweep.describe()
-    assert in_flight_tags(aws, "alice") == [], "the withdrawn rotation's stale intent mark outlived the repair"
+    assert in_flight_tags(aws, "alice") == [], "the withdrawn rotation's intent mark outlived it"
     assert_no_secrets(outputs, aws.created_secrets)
 
 
@@ -1113,7 +1116,7 @@ def test_a_repaired_publication_leaves_no_ownership_record_that_could_condemn_th
     aws.user("alice", keys=0)
     fault_proxy.fail_before("UntagUser", status=400, code="AccessDenied")
     first = cli(["sweep"], proxied_aws, cfg, outputs)
-    assert first.named("rotation.published"), first.describe()
+    assert first.returncode == 0 and first.named("rotation.published"), first.describe()  # removing them: best effort
     published = assert_current_works(aws, "alice")
     assert in_flight_tags(aws, "alice"), "the premise: the failed UntagUser left the mark and the record"
     # Within the window the mark stays (another bootstrap may be between its own mark and CreateAccessKey).
