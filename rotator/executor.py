@@ -406,8 +406,8 @@ class Executor:
             self._delete(state, step.key_id)
             self.emit(OrphanDeleted(**self._ctx(step), reason=step.reason))
             if own_tag(step.key_id) in state.tags:
-                # Its record goes with it; the intent mark stays for the repair (a concurrent attempt may have
-                # written its own since our re-read: Rotation._withdraw).
+                # Its record goes with it; the intent mark stays for the repair (it may be a concurrent attempt's
+                # by now: Rotation._clear_own_mark).
                 self.rotation.untag(state, [own_tag(step.key_id)])
         return state
 

@@ -324,6 +324,14 @@ class IntentMark:
             return None
         return cls(started, frozenset(tags.get(USER_TAG_ROTATION_KEYS, "").split()), on_secret)
 
+    def may_have_created(self, key: AccessKey, validation_timeout: timedelta) -> bool:
+        """``key`` may be this mark's rotation's own: created near the mark and not among the keys it lists.
+
+        A key that already existed when the mark was written is not that rotation's own, however close its
+        CreateDate lies to the mark (the window is symmetric for clock skew).
+        """
+        return key.key_id not in self.keys and abs(key.created - self.started) <= validation_timeout
+
 
 @dataclass(frozen=True)
 class UserState:

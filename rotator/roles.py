@@ -100,12 +100,7 @@ def is_ownership_candidate(key: AccessKey, state: UserState, policy: EffectivePo
     """
     if key.key_id in state.creators:
         return False  # CloudTrail named another creator (the rotator's would have proven it above)
-    # A key that already existed when a mark was written is not that rotation's own, however
-    # close its CreateDate lies to the mark (the window is symmetric for clock skew).
-    return any(
-        key.key_id not in mark.keys and abs(key.created - mark.started) <= policy.validation_timeout
-        for mark in state.intent_marks
-    )
+    return any(mark.may_have_created(key, policy.validation_timeout) for mark in state.intent_marks)
 
 
 def marked_candidates(
@@ -119,17 +114,8 @@ def marked_candidates(
     simulation, seed 71028: a bootstrap's lost CreateAccessKey answer, one failed CloudTrail lookup, then a new
     bootstrap in the slot an inactive key freed).
     """
-    on_secret = state.secret.exists
-    return tuple(
-        key
-        for key in unproven
-        if any(
-            mark.on_secret == on_secret
-            and key.key_id not in mark.keys
-            and abs(key.created - mark.started) <= policy.validation_timeout
-            for mark in state.intent_marks
-        )
-    )
+    place = [mark for mark in state.intent_marks if mark.on_secret == state.secret.exists]
+    return tuple(k for k in unproven if any(mark.may_have_created(k, policy.validation_timeout) for mark in place))
 
 
 #: IAM's limit of tags per user.
